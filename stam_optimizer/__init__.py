@@ -1,0 +1,35 @@
+"""stam-optimizer: STAM, STAMLite and AdamS as optax gradient transformations.
+
+Optax-native (updates are added to params)::
+
+    import optax, stam_optimizer as so
+    opt = so.stam(learning_rate=1e-3)          # or so.stam_lite(...), so.adams(...)
+
+0.1.0-compatible classes (updates are subtracted)::
+
+    from stam_optimizer import STAM, STAMLite
+"""
+
+from stam_optimizer.adams import ScaleByAdamsState, adams, scale_by_adams
+from stam_optimizer.diagnostics import find_states, tree_beta1
+from stam_optimizer.legacy import STAM, STAMLite
+from stam_optimizer.stam import ScaleByStamState, scale_by_stam, stam
+from stam_optimizer.stam_lite import ScaleByStamLiteState, scale_by_stam_lite, stam_lite
+
+__version__ = "0.2.0.dev0"
+
+__all__ = [
+    "STAM",
+    "STAMLite",
+    "ScaleByAdamsState",
+    "ScaleByStamLiteState",
+    "ScaleByStamState",
+    "adams",
+    "find_states",
+    "scale_by_adams",
+    "scale_by_stam",
+    "scale_by_stam_lite",
+    "stam",
+    "stam_lite",
+    "tree_beta1",
+]

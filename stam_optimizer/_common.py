@@ -1,0 +1,209 @@
+"""Helpers shared by the optimizers: validation, dtypes, the SPEC common rules.
+
+Nothing here is public API. Every helper is a pure function; none of them runs
+Python control flow on traced values.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+# Added to τ² in STAM's variance ratio (SPEC: `τ² + 1e-8`); not a user knob.
+TAU_EPS = 1e-8
+
+# Storage dtypes accepted by name; values are what `jnp.dtype` understands.
+FLOAT_STATE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def concrete_float(value: Any) -> float | None:
+    """Returns `value` as a Python float, or None when it is traced or a schedule.
+
+    `optax.inject_hyperparams` calls the optimizer factory again inside every
+    update with traced hyperparameters; validation must then stand aside.
+    """
+    if callable(value):
+        return None
+    try:
+        return float(value)
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        return None
+
+
+def check_range(
+        name: str,
+        value: Any,
+        low: float,
+        high: float = float("inf"),
+        *,
+        low_open: bool = False,
+        high_open: bool = True,
+) -> None:
+    """Raises ValueError naming `name` when a concrete `value` lies outside the range."""
+    v = concrete_float(value)
+    if v is None:
+        return
+    above = v > low if low_open else v >= low
+    below = v < high if high_open else v <= high
+    if not (above and below):  # also catches NaN
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        raise ValueError(
+                f"{name} must be in {left}{low:g}, {high:g}{right}, got {value!r}"
+        )
+
+
+def check_unit_open(name: str, value: Any) -> None:
+    """Raises ValueError unless `value` lies in the open interval (0, 1)."""
+    check_range(name, value, 0.0, 1.0, low_open=True, high_open=True)
+
+
+def check_interval_int(name: str, value: Any) -> None:
+    """Raises ValueError unless a concrete `value` is an integer ≥ 1."""
+    v = concrete_float(value)
+    if v is None:
+        return
+    if v < 1 or v != int(v):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def resolve_dtype(name: str, value: Any, allowed: tuple[str, ...]) -> jnp.dtype | None:
+    """Turns a dtype given as a string, numpy/jax dtype or scalar type into `jnp.dtype`."""
+    if value is None:
+        return None
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.name not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return dtype
+
+
+def default_b1_min(b1_base: Any, adapt_strength: Any) -> Any:
+    """SPEC default: `min(b1_base, max(0.5, b1_base·(1−α)))`; works on traced values."""
+    return jnp.minimum(b1_base, jnp.maximum(0.5, b1_base * (1.0 - adapt_strength)))
+
+
+def check_b1_min(b1_min: Any, b1_base: Any) -> None:
+    """Raises ValueError unless 0 < b1_min ≤ b1_base (when both are concrete)."""
+    lo, hi = concrete_float(b1_min), concrete_float(b1_base)
+    if lo is None:
+        return
+    if not lo > 0.0 or (hi is not None and lo > hi):
+        raise ValueError(
+                f"b1_min must be in (0, b1_base] = (0, {hi if hi is not None else 'b1_base'}],"
+                f" got {b1_min!r}"
+        )
+
+
+def stat_dtype(leaves: list[jax.Array]) -> jnp.dtype:
+    """float32, or wider when some leaf is wider (float64 under `jax_enable_x64`)."""
+    return functools.reduce(
+            jnp.promote_types, [jnp.dtype(x.dtype) for x in leaves], jnp.dtype(jnp.float32)
+    )
+
+
+def sanitize(g: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """SPEC common rule: non-finite gradient entries become 0; returns `g` in `dtype`."""
+    g = g.astype(dtype)
+    return jnp.where(jnp.isfinite(g), g, jnp.zeros((), dtype))
+
+
+def store(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Casts `x` to a storage dtype, saturating at its largest finite value.
+
+    float16 holds at most 65504; a plain cast would turn a large momentum into
+    inf and then every later update into NaN.
+    """
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).max < jnp.finfo(x.dtype).max:
+        big = jnp.finfo(dtype).max.astype(x.dtype)
+        x = jnp.clip(x, -big, big)
+    return x.astype(dtype)
+
+
+def stack(scalars: list[jax.Array], dtype: jnp.dtype) -> jax.Array:
+    """Stacks per-leaf scalars into the 1-D per-tensor vector (empty trees allowed)."""
+    if not scalars:
+        return jnp.zeros((0,), dtype)
+    return jnp.stack([jnp.asarray(s, dtype) for s in scalars])
+
+
+def vector(n: int, value: Any, dtype: jnp.dtype) -> jax.Array:
+    """A length-`n` vector filled with `value`, strongly typed (no weak-type recompile)."""
+    return jnp.full((n,), value, dtype=dtype)
+
+
+def zeros_like_tree(params: Any, dtype: jnp.dtype | None) -> Any:
+    """Param-shaped zeros, in `dtype` or in each param's own dtype."""
+    return jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params)
+
+
+def with_decay_and_lr(
+        direction: optax.GradientTransformation,
+        learning_rate: optax.ScalarOrSchedule,
+        weight_decay: optax.ScalarOrSchedule,
+        mask: Any | Callable[[optax.Params], Any] | None,
+) -> optax.GradientTransformation:
+    """Chains a direction with decoupled weight decay and the learning rate.
+
+    `θ ← θ − lr·(u + λ·θ)`, written as optax updates that are added to params.
+    A weight decay that is exactly 0 is left out, so that `params` is optional.
+    """
+    wd = concrete_float(weight_decay)
+    parts = [direction]
+    if wd is None or wd != 0.0:
+        parts.append(optax.add_decayed_weights(weight_decay, mask))
+    parts.append(optax.scale_by_learning_rate(learning_rate))
+    tx = optax.chain(*parts)
+    needs_params = len(parts) == 3
+
+    def update_fn(updates, state, params=None):
+        if needs_params and params is None:
+            raise ValueError(
+                    f"weight_decay={weight_decay!r} needs the current parameters: call"
+                    " update(grads, state, params), or set weight_decay=0"
+            )
+        return tx.update(updates, state, params)
+
+    return optax.GradientTransformation(tx.init, update_fn)
+
+
+def one_minus_pow(decay: Any, count: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """`1 − decay^count` without cancellation: `−expm1(count·log1p(−(1−decay)))`.
+
+    With `decay` a Python float, `1 − decay` is formed in double precision before
+    any rounding to float32, so the bias correction of b2=0.999 is exact to a few
+    ulps; `1 − 0.999**t` in float32 is off by up to 1.3e-5 relative at t=1
+    (0.999 is not representable). With a traced decay the error is that of its
+    dtype.
+    """
+    one_minus = jnp.asarray(1 - decay, dtype)
+    return -jnp.expm1(count.astype(dtype) * jnp.log1p(-one_minus))
+
+
+def check_learning_rate(learning_rate: Any) -> None:
+    """Raises ValueError for a negative (or NaN) constant learning rate."""
+    check_range("learning_rate", learning_rate, 0.0)
+
+
+def check_weight_decay(weight_decay: Any) -> None:
+    """Raises ValueError for a negative (or NaN) constant weight decay."""
+    check_range("weight_decay", weight_decay, 0.0)
+
+
+def leaf_count(tree: Any) -> int:
+    """Number of array leaves (MaskedNode and None contribute none)."""
+    return len(jax.tree.leaves(tree))
+
+
+def is_float_dtype(dtype: Any) -> bool:
+    """True for floating dtypes, including bfloat16."""
+    return bool(jnp.issubdtype(jnp.dtype(dtype), np.floating))

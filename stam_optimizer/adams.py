@@ -1,0 +1,114 @@
+"""AdamS: the momentum serves as its own normalizer (Zhang, Wang & Chen, 2025).
+
+Implements the AdamS section of SPEC.md. One param-shaped buffer `m`; the
+denominator mixes the previous momentum and the current gradient, so there is
+no second moment and no bias correction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from stam_optimizer import _common as c
+
+
+class ScaleByAdamsState(NamedTuple):
+    """State of `scale_by_adams`.
+
+    Attributes:
+      m: momentum, param-shaped.
+    """
+
+    m: optax.Updates
+
+
+def scale_by_adams(
+    b1: float = 0.9,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    mu_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+    r"""Rescales updates by AdamS's direction `u = m / (√v + eps)`.
+
+    Per element, with `g` the gradient (non-finite entries replaced by 0)::
+
+      v = b2·m_prev² + (1−b2)·g²      # the momentum *before* this step
+      m = b1·m_prev + (1−b1)·g
+      u = m / (√v + eps)
+
+    Defaults: b1=0.9 and b2=0.95 are the values the paper uses for its GPT-2
+    and Llama pretraining runs, which it inherits unchanged from the AdamW
+    baseline (the paper's claim is that AdamS takes AdamW's hyperparameters);
+    eps=1e-8 is AdamW's.
+
+    Args:
+      b1: momentum decay, in (0, 1). Default 0.9.
+      b2: weight of the previous momentum in the denominator, in (0, 1). Default 0.95.
+      eps: added to √v, ≥ 0. Default 1e-8.
+      mu_dtype: storage dtype of m; default each param's own dtype.
+
+    References:
+      Zhang, Wang & Chen, "AdamS: Momentum Itself Can Be A Normalizer for LLM
+      Pretraining and Post-training", arXiv:2505.16363 (2025).
+    """
+    c.check_unit_open("b1", b1)
+    c.check_unit_open("b2", b2)
+    c.check_range("eps", eps, 0.0)
+    mu_dtype = c.resolve_dtype("mu_dtype", mu_dtype, c.FLOAT_STATE_DTYPES)
+
+    def init_fn(params):
+        return ScaleByAdamsState(m=c.zeros_like_tree(params, mu_dtype))
+
+    def leaf_update(g, m_prev):
+        dt = jnp.promote_types(g.dtype, jnp.float32)
+        gf = c.sanitize(g, dt)
+        mf = m_prev.astype(dt)
+        v = b2 * mf**2 + (1 - b2) * gf**2
+        m = b1 * mf + (1 - b1) * gf
+        u = m / (jnp.sqrt(v) + eps)
+        return u.astype(g.dtype), c.store(m, m_prev.dtype)
+
+    def update_fn(updates, state, params=None):
+        del params
+        treedef = jax.tree.structure(updates)
+        outs = [leaf_update(g, m) for g, m in
+                zip(treedef.flatten_up_to(updates), treedef.flatten_up_to(state.m))]
+        us, ms = ([list(x) for x in zip(*outs)] if outs else ([], []))
+        return treedef.unflatten(us), ScaleByAdamsState(m=treedef.unflatten(ms))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adams(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.95,
+    eps: float = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.1,
+    mu_dtype: Any | None = None,
+    mask: Any | None = None,
+) -> optax.GradientTransformation:
+    r"""AdamS optimizer: `scale_by_adams`, decoupled weight decay, learning rate.
+
+    Updates are added to params: `θ ← θ − lr·(u + λ·θ)`.
+
+    Args:
+      learning_rate: a float ≥ 0 or an optax schedule. Default 1e-3.
+      b1, b2, eps, mu_dtype: see `scale_by_adams`.
+      weight_decay: λ ≥ 0 (or a schedule). Default 0.1, the paper's value for
+        its pretraining runs (taken over from the AdamW baseline).
+      mask: pytree or callable choosing the leaves that decay (optax convention).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> opt = adams(learning_rate=3e-4)
+      >>> state = opt.init({"w": jnp.zeros((4, 4))})
+    """
+    c.check_learning_rate(learning_rate)
+    c.check_weight_decay(weight_decay)
+    return c.with_decay_and_lr(scale_by_adams(b1, b2, eps, mu_dtype),
+                               learning_rate, weight_decay, mask)

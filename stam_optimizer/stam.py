@@ -1,0 +1,218 @@
+"""STAM: AdamW with a per-tensor β₁ that adapts to the residual variance.
+
+Implements the STAM section of SPEC.md. For every tensor (leaf) the residual of
+the gradient against the old momentum is summarised by two running scalars: a
+variance proxy σ² and a scale τ. Their ratio maps to a score s ∈ [0, 1) that
+lowers β₁ when gradients disagree with the momentum.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from stam_optimizer import _common as c
+
+
+class ScaleByStamState(NamedTuple):
+    """State of `scale_by_stam`.
+
+    Per-tensor scalars are stored as 1-D vectors in the leaf order of
+    `jax.tree.leaves(params)`, so they carry no per-parameter sharding.
+
+    Attributes:
+      count: step counter `t` (int32, before this update).
+      mu: first moment μ, param-shaped.
+      nu: second moment ν, param-shaped.
+      sigma2: σ², running variance proxy of the residual, one per tensor.
+      tau: τ, running mean absolute residual, one per tensor.
+      beta1: β₁ used at the last step, one per tensor (read it with `tree_beta1`).
+      beta1_prod: Π, running product of the β₁ actually used, one per tensor.
+    """
+
+    count: jax.Array
+    mu: optax.Updates
+    nu: optax.Updates
+    sigma2: jax.Array
+    tau: jax.Array
+    beta1: jax.Array
+    beta1_prod: jax.Array
+
+
+def _validate(b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold, b1_min):
+    c.check_unit_open("b1_base", b1_base)
+    c.check_unit_open("b2", b2)
+    c.check_range("eps", eps, 0.0)
+    c.check_range("adapt_strength", adapt_strength, 0.0, 0.5, high_open=False)
+    c.check_unit_open("tau_decay", tau_decay)
+    c.check_range("fallback_threshold", fallback_threshold, 0.0, low_open=True)
+    if b1_min is not None:
+        c.check_b1_min(b1_min, b1_base)
+
+
+def scale_by_stam(
+    b1_base: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    adapt_strength: float = 0.2,
+    tau_decay: float = 0.99,
+    fallback_threshold: float = 100.0,
+    b1_min: float | None = None,
+    mu_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+    r"""Rescales updates by STAM's direction `u = μ̂ / (√ν̂ + eps)`.
+
+    Per tensor, with `t` the step count before this update and `g` the gradient
+    (non-finite entries replaced by 0, all statistics in float32 or wider)::
+
+      r  = g − μ
+      σ² = b2·σ² + (1−b2)·mean(r²)
+      τ  = tau_decay·τ + (1−tau_decay)·mean(|r|)
+      z  = σ² / (τ² + 1e-8);   s = z / (1 + z)
+      β₁ = clip(b1_base·(1 − α·s), b1_min, b1_base)
+      β₁ = b1_base  if σ² is not finite or σ² ≥ fallback_threshold·(τ² + 1e-8)
+      μ  = β₁·μ + (1−β₁)·g;    ν = b2·ν + (1−b2)·g²;    Π = Π·β₁
+      u  = (μ / (1−Π)) / (√(ν / (1−b2^(t+1))) + eps)
+
+    With `adapt_strength=0` this is exactly `optax.scale_by_adam(b1_base, b2, eps)`.
+
+    Args:
+      b1_base: base (and largest) β₁, in (0, 1). Default 0.9.
+      b2: decay of ν and σ², in (0, 1). Default 0.999.
+      eps: added to √ν̂, ≥ 0. Default 1e-8.
+      adapt_strength: α, how far β₁ may drop, in [0, 0.5]. Default 0.2.
+      tau_decay: decay of τ, in (0, 1). Default 0.99.
+      fallback_threshold: σ²/τ² ratio above which β₁ falls back to b1_base, > 0.
+        Default 100.
+      b1_min: smallest β₁, in (0, b1_base]. Default
+        `min(b1_base, max(0.5, b1_base·(1−α)))`.
+      mu_dtype: storage dtype of μ and ν ("float32", "bfloat16", "float16" or a
+        dtype); default: each param's own dtype, as `optax.adamw`.
+
+    Returns:
+      An `optax.GradientTransformation` whose updates are in the gradients' dtype.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = optax.chain(scale_by_stam(), optax.scale(-1e-3))
+      >>> state = tx.init({"w": jnp.zeros(3)})
+
+    References:
+      SPEC.md of stam-optimizer; Loshchilov & Hutter, "Decoupled Weight Decay
+      Regularization" (2019) for the AdamW part.
+    """
+    _validate(b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold, b1_min)
+    mu_dtype = c.resolve_dtype("mu_dtype", mu_dtype, c.FLOAT_STATE_DTYPES)
+    alpha = adapt_strength
+    if b1_min is None:
+        b1_min = c.default_b1_min(b1_base, alpha)
+
+    def init_fn(params):
+        leaves = jax.tree.leaves(params)
+        n, dt = len(leaves), c.stat_dtype(leaves)
+        return ScaleByStamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=c.zeros_like_tree(params, mu_dtype),
+            nu=c.zeros_like_tree(params, mu_dtype),
+            sigma2=c.vector(n, 0.0, dt),
+            tau=c.vector(n, 0.0, dt),
+            beta1=c.vector(n, b1_base, dt),
+            beta1_prod=c.vector(n, 1.0, dt),
+        )
+
+    def leaf_update(g, mu, nu, sigma2, tau, beta1, prod, t):
+        dt = sigma2.dtype
+        if g.size == 0:  # empty leaf: statistics unchanged (static shape check)
+            return g, mu, nu, sigma2, tau, beta1, prod
+        g = c.sanitize(g, dt)
+        r = g - mu.astype(dt)
+        sigma2 = b2 * sigma2 + (1 - b2) * jnp.mean(r**2)
+        tau = tau_decay * tau + (1 - tau_decay) * jnp.mean(jnp.abs(r))
+        z = sigma2 / (tau**2 + c.TAU_EPS)
+        s = z / (1 + z)
+        beta1 = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
+        fallback = ~jnp.isfinite(sigma2) | (sigma2 >= fallback_threshold * (tau**2 + c.TAU_EPS))
+        beta1 = jnp.where(fallback | ~jnp.isfinite(beta1), b1_base, beta1).astype(dt)
+        new_mu = beta1 * mu.astype(dt) + (1 - beta1) * g
+        new_nu = b2 * nu.astype(dt) + (1 - b2) * g**2
+        prod = prod * beta1
+        mu_hat = new_mu / (1 - prod)
+        nu_hat = new_nu / c.one_minus_pow(b2, t + 1, dt)
+        u = mu_hat / (jnp.sqrt(nu_hat) + eps)
+        return u, c.store(new_mu, mu.dtype), c.store(new_nu, nu.dtype), sigma2, tau, beta1, prod
+
+    def update_fn(updates, state, params=None):
+        del params
+        treedef = jax.tree.structure(updates)
+        gs = treedef.flatten_up_to(updates)
+        mus = treedef.flatten_up_to(state.mu)
+        nus = treedef.flatten_up_to(state.nu)
+        t = state.count
+        outs = [
+            leaf_update(g, mu, nu, state.sigma2[i], state.tau[i], state.beta1[i],
+                        state.beta1_prod[i], t)
+            for i, (g, mu, nu) in enumerate(zip(gs, mus, nus))
+        ]
+        us, new_mus, new_nus, sig, taus, b1s, prods = (list(x) for x in zip(*outs)) if outs \
+            else ([], [], [], [], [], [], [])
+        us = [u.astype(g.dtype) for u, g in zip(us, gs)]
+        dt = state.sigma2.dtype
+        new_state = ScaleByStamState(
+            count=optax.safe_increment(t),
+            mu=treedef.unflatten(new_mus),
+            nu=treedef.unflatten(new_nus),
+            sigma2=c.stack(sig, dt),
+            tau=c.stack(taus, dt),
+            beta1=c.stack(b1s, dt),
+            beta1_prod=c.stack(prods, dt),
+        )
+        return treedef.unflatten(us), new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def stam(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1_base: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.01,
+    adapt_strength: float = 0.2,
+    tau_decay: float = 0.99,
+    fallback_threshold: float = 100.0,
+    b1_min: float | None = None,
+    mu_dtype: Any | None = None,
+    mask: Any | None = None,
+) -> optax.GradientTransformation:
+    r"""STAM optimizer: `scale_by_stam`, decoupled weight decay, learning rate.
+
+    Updates are added to params (optax convention): `θ ← θ − lr·(u + λ·θ)`.
+
+    Args:
+      learning_rate: a float ≥ 0 or an optax schedule `count -> lr`. Default 1e-3.
+      b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold, b1_min,
+        mu_dtype: see `scale_by_stam`.
+      weight_decay: λ ≥ 0 (or a schedule). Default 0.01.
+      mask: pytree or callable choosing the leaves that decay (optax convention).
+        Under `optax.inject_hyperparams` pass `static_args=("mask",)`, or a callable
+        mask is taken for a schedule and weight decay is silently lost.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> params = {"w": jnp.ones((3, 2))}
+      >>> opt = stam(learning_rate=1e-3)
+      >>> state = opt.init(params)
+      >>> grads = jax.tree.map(jnp.ones_like, params)
+      >>> updates, state = opt.update(grads, state, params)
+      >>> params = optax.apply_updates(params, updates)
+    """
+    c.check_learning_rate(learning_rate)
+    c.check_weight_decay(weight_decay)
+    return c.with_decay_and_lr(
+        scale_by_stam(b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold,
+                      b1_min, mu_dtype),
+        learning_rate, weight_decay, mask,
+    )

@@ -1,0 +1,200 @@
+"""STAMLite: one momentum buffer, a tensor-level RMS and a lazily updated β₁.
+
+Implements the STAMLite section of SPEC.md. Per tensor, two running scalars (the
+means of g and g²) replace both STAM's residual statistics and Adam's
+per-element second moment: the optimizer keeps a single param-shaped buffer μ,
+which may be stored in a low-precision dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from stam_optimizer import _common as c
+
+
+class ScaleByStamLiteState(NamedTuple):
+    """State of `scale_by_stam_lite`.
+
+    Per-tensor scalars are 1-D vectors in the leaf order of `jax.tree.leaves(params)`.
+
+    Attributes:
+      count: step counter `t` (int32, before this update).
+      mu: momentum μ, param-shaped, stored in `state_dtype`.
+      a: EMA of mean(g), one per tensor.
+      b: EMA of mean(g²), one per tensor.
+      beta1: current β₁ (the one used at the last step), one per tensor.
+      beta1_prod: Π, running product of the β₁ actually used, one per tensor.
+    """
+
+    count: jax.Array
+    mu: optax.Updates
+    a: jax.Array
+    b: jax.Array
+    beta1: jax.Array
+    beta1_prod: jax.Array
+
+
+def _validate(b1_base, eps, adapt_strength, moment_decay, beta1_update_interval, b1_min):
+    c.check_unit_open("b1_base", b1_base)
+    c.check_range("eps", eps, 0.0)
+    c.check_range("adapt_strength", adapt_strength, 0.0, 0.5, high_open=False)
+    c.check_unit_open("moment_decay", moment_decay)
+    c.check_interval_int("beta1_update_interval", beta1_update_interval)
+    if b1_min is not None:
+        c.check_b1_min(b1_min, b1_base)
+
+
+def scale_by_stam_lite(
+    b1_base: float = 0.9,
+    eps: float = 1e-8,
+    adapt_strength: float = 0.2,
+    moment_decay: float = 0.99,
+    beta1_update_interval: int = 5,
+    state_dtype: Any = "float32",
+    b1_min: float | None = None,
+) -> optax.GradientTransformation:
+    r"""Rescales updates by STAMLite's direction `u = μ̂ / (√b̂ + eps)`.
+
+    Per tensor, with `t` the step count before this update, `ρ = moment_decay`,
+    `k = beta1_update_interval` and `g` the gradient (non-finite entries replaced
+    by 0, statistics in float32 or wider)::
+
+      a = ρ·a + (1−ρ)·mean(g);      b = ρ·b + (1−ρ)·mean(g²)
+      â, b̂ = a / (1−ρ^(t+1)), b / (1−ρ^(t+1))
+      z = max(b̂ − â², 0) / (b̂ + eps);   s = z / (1 + z)
+      cand = clip(b1_base·(1 − α·s), b1_min, b1_base)    (b1_base if not finite)
+      β₁ = cand  if t mod k == 0  else the previous β₁
+      μ = β₁·μ + (1−β₁)·g;   Π = Π·β₁
+      u = (μ / (1−Π)) / (√max(b̂, 0) + eps)
+
+    Args:
+      b1_base: base (and largest) β₁, in (0, 1). Default 0.9.
+      eps: added to the tensor RMS, ≥ 0. Default 1e-8.
+      adapt_strength: α, in [0, 0.5]. Default 0.2.
+      moment_decay: ρ, decay of the two tensor moments, in (0, 1). Default 0.99.
+      beta1_update_interval: k ≥ 1, β₁ is recomputed every k steps. Default 5.
+        May be traced (`optax.inject_hyperparams`).
+      state_dtype: storage dtype of μ: "float32" (default), "bfloat16" or
+        "float16" (a dtype such as `jnp.bfloat16` is accepted too; under
+        `optax.inject_hyperparams` pass a string). Stored values saturate at the
+        dtype's largest finite value.
+      b1_min: smallest β₁, in (0, b1_base]. Default
+        `min(b1_base, max(0.5, b1_base·(1−α)))`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> tx = optax.chain(scale_by_stam_lite(state_dtype="bfloat16"), optax.scale(-1e-3))
+      >>> state = tx.init({"w": jnp.zeros(3)})
+    """
+    _validate(b1_base, eps, adapt_strength, moment_decay, beta1_update_interval, b1_min)
+    dtype = c.resolve_dtype("state_dtype", state_dtype, c.FLOAT_STATE_DTYPES)
+    alpha, rho, k = adapt_strength, moment_decay, beta1_update_interval
+    if b1_min is None:
+        b1_min = c.default_b1_min(b1_base, alpha)
+
+    def init_fn(params):
+        leaves = jax.tree.leaves(params)
+        n, dt = len(leaves), c.stat_dtype(leaves)
+        return ScaleByStamLiteState(
+            count=jnp.zeros([], jnp.int32),
+            mu=c.zeros_like_tree(params, dtype),
+            a=c.vector(n, 0.0, dt),
+            b=c.vector(n, 0.0, dt),
+            beta1=c.vector(n, b1_base, dt),
+            beta1_prod=c.vector(n, 1.0, dt),
+        )
+
+    def leaf_update(g, mu, a, b, beta1, prod, t, refresh):
+        dt = a.dtype
+        if g.size == 0:  # empty leaf: statistics unchanged (static shape check)
+            return g, mu, a, b, beta1, prod
+        g = c.sanitize(g, dt)
+        a = rho * a + (1 - rho) * jnp.mean(g)
+        b = rho * b + (1 - rho) * jnp.mean(g**2)
+        bias = c.one_minus_pow(rho, t + 1, dt)
+        a_hat, b_hat = a / bias, b / bias
+        var = jnp.maximum(b_hat - a_hat**2, 0)
+        z = var / (b_hat + eps)
+        s = z / (1 + z)
+        cand = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
+        cand = jnp.where(jnp.isfinite(cand), cand, b1_base)
+        beta1 = jnp.where(refresh, cand, beta1).astype(dt)
+        new_mu = beta1 * mu.astype(dt) + (1 - beta1) * g
+        prod = prod * beta1
+        mu_hat = new_mu / (1 - prod)
+        u = mu_hat / (jnp.sqrt(jnp.maximum(b_hat, 0)) + eps)
+        return u, c.store(new_mu, mu.dtype), a, b, beta1, prod
+
+    def update_fn(updates, state, params=None):
+        del params
+        treedef = jax.tree.structure(updates)
+        gs = treedef.flatten_up_to(updates)
+        mus = treedef.flatten_up_to(state.mu)
+        t = state.count
+        refresh = t % jnp.asarray(k, jnp.int32) == 0  # lazy β₁: every k steps
+        outs = [
+            leaf_update(g, mu, state.a[i], state.b[i], state.beta1[i],
+                        state.beta1_prod[i], t, refresh)
+            for i, (g, mu) in enumerate(zip(gs, mus))
+        ]
+        us, new_mus, as_, bs, b1s, prods = (list(x) for x in zip(*outs)) if outs \
+            else ([], [], [], [], [], [])
+        us = [u.astype(g.dtype) for u, g in zip(us, gs)]
+        dt = state.a.dtype
+        new_state = ScaleByStamLiteState(
+            count=optax.safe_increment(t),
+            mu=treedef.unflatten(new_mus),
+            a=c.stack(as_, dt),
+            b=c.stack(bs, dt),
+            beta1=c.stack(b1s, dt),
+            beta1_prod=c.stack(prods, dt),
+        )
+        return treedef.unflatten(us), new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def stam_lite(
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    b1_base: float = 0.9,
+    eps: float = 1e-8,
+    weight_decay: optax.ScalarOrSchedule = 0.01,
+    adapt_strength: float = 0.2,
+    moment_decay: float = 0.99,
+    beta1_update_interval: int = 5,
+    state_dtype: Any = "float32",
+    b1_min: float | None = None,
+    mask: Any | None = None,
+) -> optax.GradientTransformation:
+    r"""STAMLite optimizer: `scale_by_stam_lite`, decoupled weight decay, learning rate.
+
+    Updates are added to params (optax convention): `θ ← θ − lr·(u + λ·θ)`.
+    Optimizer state is one param-shaped buffer (half of AdamW's in float32, a
+    quarter in bfloat16) plus four scalars per tensor.
+
+    Args:
+      learning_rate: a float ≥ 0 or an optax schedule. Default 1e-3.
+      weight_decay: λ ≥ 0 (or a schedule). Default 0.01.
+      mask: pytree or callable choosing the leaves that decay (optax convention);
+        under `optax.inject_hyperparams` pass `static_args=("mask",)`.
+      Others: see `scale_by_stam_lite`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> params = {"w": jnp.ones((3, 2))}
+      >>> opt = stam_lite(learning_rate=1e-3, state_dtype="bfloat16")
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update(jax.tree.map(jnp.ones_like, params), state, params)
+    """
+    c.check_learning_rate(learning_rate)
+    c.check_weight_decay(weight_decay)
+    return c.with_decay_and_lr(
+        scale_by_stam_lite(b1_base, eps, adapt_strength, moment_decay,
+                           beta1_update_interval, state_dtype, b1_min),
+        learning_rate, weight_decay, mask,
+    )

@@ -1,0 +1,119 @@
+"""Independent float64 NumPy implementations of SPEC.md, for the tests only.
+
+Written from SPEC.md alone, one tensor at a time, with plain loops over steps;
+they share no code with the package. Each `step` takes a float64 gradient and
+the current params and returns the optax-convention update
+`-lr·(u + λ·θ)`, the β₁ it used (None for AdamS) and the size of the update's
+terms, `lr·(max|u| + λ·max|θ|)`, against which float rounding is measured.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _result(lr, wd, u, theta, beta1):
+    theta = np.asarray(theta, np.float64)
+    scale = lr * (np.max(np.abs(u), initial=0.0) + wd * np.max(np.abs(theta), initial=0.0))
+    return -lr * (u + wd * theta), beta1, scale
+
+
+def _clean(g):
+    g = np.array(g, dtype=np.float64)
+    g[~np.isfinite(g)] = 0.0
+    return g
+
+
+class StamRef:
+    def __init__(self, shape, lr, wd, b1_base=0.9, b2=0.999, eps=1e-8, alpha=0.2,
+                 tau_decay=0.99, threshold=100.0, b1_min=None):
+        self.mu = np.zeros(shape)
+        self.nu = np.zeros(shape)
+        self.sigma2 = 0.0
+        self.tau = 0.0
+        self.prod = 1.0
+        self.t = 0
+        self.beta1 = b1_base
+        self.fallbacks = 0
+        self.lr, self.wd = lr, wd
+        self.b1_base, self.b2, self.eps, self.alpha = b1_base, b2, eps, alpha
+        self.tau_decay, self.threshold = tau_decay, threshold
+        self.b1_min = (min(b1_base, max(0.5, b1_base * (1 - alpha)))
+                       if b1_min is None else b1_min)
+
+    def step(self, g, theta):
+        g = _clean(g)
+        b1_base, b2 = self.b1_base, self.b2
+        if g.size:
+            r = g - self.mu
+            self.sigma2 = b2 * self.sigma2 + (1 - b2) * np.mean(r * r)
+            self.tau = self.tau_decay * self.tau + (1 - self.tau_decay) * np.mean(np.abs(r))
+            denom = self.tau ** 2 + 1e-8
+            z = self.sigma2 / denom
+            s = z / (1 + z)
+            beta1 = min(max(b1_base * (1 - self.alpha * s), self.b1_min), b1_base)
+            if not np.isfinite(self.sigma2) or self.sigma2 >= self.threshold * denom:
+                beta1 = b1_base
+                self.fallbacks += 1
+            self.beta1 = beta1
+            self.mu = beta1 * self.mu + (1 - beta1) * g
+            self.nu = b2 * self.nu + (1 - b2) * g * g
+            self.prod *= beta1
+        mu_hat = self.mu / (1 - self.prod) if g.size else self.mu
+        nu_hat = self.nu / (1 - b2 ** (self.t + 1))
+        u = mu_hat / (np.sqrt(nu_hat) + self.eps)
+        self.t += 1
+        return _result(self.lr, self.wd, u, theta, self.beta1)
+
+
+class StamLiteRef:
+    def __init__(self, shape, lr, wd, b1_base=0.9, eps=1e-8, alpha=0.2, rho=0.99, k=5,
+                 b1_min=None):
+        self.mu = np.zeros(shape)
+        self.a = 0.0
+        self.b = 0.0
+        self.beta1 = b1_base
+        self.prod = 1.0
+        self.t = 0
+        self.lr, self.wd = lr, wd
+        self.b1_base, self.eps, self.alpha, self.rho, self.k = b1_base, eps, alpha, rho, k
+        self.b1_min = (min(b1_base, max(0.5, b1_base * (1 - alpha)))
+                       if b1_min is None else b1_min)
+
+    def step(self, g, theta):
+        g = _clean(g)
+        if g.size == 0:
+            self.t += 1
+            return _result(self.lr, self.wd, np.zeros(g.shape), theta, self.beta1)
+        rho = self.rho
+        self.a = rho * self.a + (1 - rho) * np.mean(g)
+        self.b = rho * self.b + (1 - rho) * np.mean(g * g)
+        a_hat = self.a / (1 - rho ** (self.t + 1))
+        b_hat = self.b / (1 - rho ** (self.t + 1))
+        var = max(b_hat - a_hat ** 2, 0.0)
+        z = var / (b_hat + self.eps)
+        s = z / (1 + z)
+        cand = min(max(self.b1_base * (1 - self.alpha * s), self.b1_min), self.b1_base)
+        if not np.isfinite(cand):
+            cand = self.b1_base
+        if self.t % self.k == 0:
+            self.beta1 = cand
+        self.mu = self.beta1 * self.mu + (1 - self.beta1) * g
+        self.prod *= self.beta1
+        mu_hat = self.mu / (1 - self.prod)
+        u = mu_hat / (np.sqrt(max(b_hat, 0.0)) + self.eps)
+        self.t += 1
+        return _result(self.lr, self.wd, u, theta, self.beta1)
+
+
+class AdamsRef:
+    def __init__(self, shape, lr, wd, b1=0.9, b2=0.95, eps=1e-8):
+        self.m = np.zeros(shape)
+        self.lr, self.wd, self.b1, self.b2, self.eps = lr, wd, b1, b2, eps
+
+    def step(self, g, theta):
+        g = _clean(g)
+        v = self.b2 * self.m ** 2 + (1 - self.b2) * g ** 2
+        self.m = self.b1 * self.m + (1 - self.b1) * g
+        u = self.m / (np.sqrt(v) + self.eps)
+        return _result(self.lr, self.wd, u, theta, None)
