@@ -15,13 +15,14 @@ from stam_optimizer.stam_lite import ScaleByStamLiteState
 _STATES = (ScaleByStamState, ScaleByStamLiteState)
 
 
+def _is_boxed(x: Any) -> bool:
+    """True for a flax `nnx.Variable`-like box around an array."""
+    return hasattr(x, "get_value") and not isinstance(x, (jax.Array, np.ndarray))
+
+
 def _unbox(x: Any) -> Any:
     """Returns the array inside a flax Variable-like box, or `x` itself."""
-    for attr in ("get_value", "value"):
-        if hasattr(x, attr) and not isinstance(x, (jax.Array, np.ndarray)):
-            v = getattr(x, attr)
-            return v() if callable(v) else v
-    return x
+    return x.get_value() if _is_boxed(x) else x
 
 
 def find_states(opt_state: Any) -> list[ScaleByStamState | ScaleByStamLiteState]:
@@ -45,7 +46,8 @@ def tree_beta1(opt_state: Any, params: Any) -> Any:
       params: the parameters (or any pytree with their structure).
 
     Returns:
-      A pytree like `params` whose leaves are 0-d float arrays.
+      A pytree like `params` whose leaves are 0-d float arrays (flax Variables
+      in `params` are replaced by plain arrays).
 
     Example:
       >>> import jax.numpy as jnp
@@ -55,7 +57,7 @@ def tree_beta1(opt_state: Any, params: Any) -> Any:
       >>> float(beta1["w"])
       0.9...
     """
-    leaves, treedef = jax.tree.flatten(params)
+    leaves, treedef = jax.tree.flatten(params, is_leaf=_is_boxed)
     states = find_states(opt_state)
     if not states:
         raise ValueError(
