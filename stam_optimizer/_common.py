@@ -12,7 +12,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 # Added to τ² in STAM's variance ratio (SPEC: `τ² + 1e-8`); not a user knob.
@@ -146,6 +145,35 @@ def zeros_like_tree(params: Any, dtype: jnp.dtype | None) -> Any:
     return jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params)
 
 
+def map_leaves(
+    leaf_fn: Callable[..., tuple],
+    updates: Any,
+    buffers: tuple[Any, ...],
+    vectors: tuple[jax.Array, ...],
+) -> tuple[Any, tuple[Any, ...], tuple[jax.Array, ...]]:
+    """Runs `leaf_fn(g, *buffers_i, *scalars_i) -> (u, *buffers_i, *scalars_i)` per leaf.
+
+    `buffers` are param-shaped trees, `vectors` the 1-D per-tensor scalar
+    vectors in leaf order. The leaves are unrolled in Python (their number and
+    shapes are static), so the whole update stays one XLA program. Returns the
+    updates (in each gradient's dtype), the new buffers and the new vectors.
+    """
+    treedef = jax.tree.structure(updates)
+    gs = treedef.flatten_up_to(updates)
+    bufs = [treedef.flatten_up_to(b) for b in buffers]
+    rows = [
+        leaf_fn(g, *(b[i] for b in bufs), *(v[i] for v in vectors))
+        for i, g in enumerate(gs)
+    ]
+    cols = list(zip(*rows)) if rows else [()] * (1 + len(buffers) + len(vectors))
+    us = [u.astype(g.dtype) for u, g in zip(cols[0], gs)]
+    new_bufs = tuple(treedef.unflatten(list(col)) for col in cols[1:1 + len(buffers)])
+    new_vecs = tuple(
+        stack(list(col), v.dtype) for col, v in zip(cols[1 + len(buffers):], vectors)
+    )
+    return treedef.unflatten(us), new_bufs, new_vecs
+
+
 def with_decay_and_lr(
         direction: optax.GradientTransformation,
         learning_rate: optax.ScalarOrSchedule,
@@ -197,13 +225,3 @@ def check_learning_rate(learning_rate: Any) -> None:
 def check_weight_decay(weight_decay: Any) -> None:
     """Raises ValueError for a negative (or NaN) constant weight decay."""
     check_range("weight_decay", weight_decay, 0.0)
-
-
-def leaf_count(tree: Any) -> int:
-    """Number of array leaves (MaskedNode and None contribute none)."""
-    return len(jax.tree.leaves(tree))
-
-
-def is_float_dtype(dtype: Any) -> bool:
-    """True for floating dtypes, including bfloat16."""
-    return bool(jnp.issubdtype(jnp.dtype(dtype), np.floating))

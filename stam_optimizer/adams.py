@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import optax
 
@@ -65,20 +64,16 @@ def scale_by_adams(
 
     def leaf_update(g, m_prev):
         dt = jnp.promote_types(g.dtype, jnp.float32)
-        gf = c.sanitize(g, dt)
-        mf = m_prev.astype(dt)
-        v = b2 * mf**2 + (1 - b2) * gf**2
-        m = b1 * mf + (1 - b1) * gf
+        g, mf = c.sanitize(g, dt), m_prev.astype(dt)
+        v = b2 * mf**2 + (1 - b2) * g**2
+        m = b1 * mf + (1 - b1) * g
         u = m / (jnp.sqrt(v) + eps)
-        return u.astype(g.dtype), c.store(m, m_prev.dtype)
+        return u, c.store(m, m_prev.dtype)
 
     def update_fn(updates, state, params=None):
         del params
-        treedef = jax.tree.structure(updates)
-        outs = [leaf_update(g, m) for g, m in
-                zip(treedef.flatten_up_to(updates), treedef.flatten_up_to(state.m))]
-        us, ms = ([list(x) for x in zip(*outs)] if outs else ([], []))
-        return treedef.unflatten(us), ScaleByAdamsState(m=treedef.unflatten(ms))
+        u, (m,), () = c.map_leaves(leaf_update, updates, (state.m,), ())
+        return u, ScaleByAdamsState(m=m)
 
     return optax.GradientTransformation(init_fn, update_fn)
 

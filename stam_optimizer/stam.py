@@ -123,53 +123,36 @@ def scale_by_stam(
             beta1_prod=c.vector(n, 1.0, dt),
         )
 
-    def leaf_update(g, mu, nu, sigma2, tau, beta1, prod, t):
-        dt = sigma2.dtype
-        if g.size == 0:  # empty leaf: statistics unchanged (static shape check)
-            return g, mu, nu, sigma2, tau, beta1, prod
-        g = c.sanitize(g, dt)
-        r = g - mu.astype(dt)
-        sigma2 = b2 * sigma2 + (1 - b2) * jnp.mean(r**2)
-        tau = tau_decay * tau + (1 - tau_decay) * jnp.mean(jnp.abs(r))
-        z = sigma2 / (tau**2 + c.TAU_EPS)
-        s = z / (1 + z)
-        beta1 = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
-        fallback = ~jnp.isfinite(sigma2) | (sigma2 >= fallback_threshold * (tau**2 + c.TAU_EPS))
-        beta1 = jnp.where(fallback | ~jnp.isfinite(beta1), b1_base, beta1).astype(dt)
-        new_mu = beta1 * mu.astype(dt) + (1 - beta1) * g
-        new_nu = b2 * nu.astype(dt) + (1 - b2) * g**2
-        prod = prod * beta1
-        mu_hat = new_mu / (1 - prod)
-        nu_hat = new_nu / c.one_minus_pow(b2, t + 1, dt)
-        u = mu_hat / (jnp.sqrt(nu_hat) + eps)
-        return u, c.store(new_mu, mu.dtype), c.store(new_nu, nu.dtype), sigma2, tau, beta1, prod
-
     def update_fn(updates, state, params=None):
         del params
-        treedef = jax.tree.structure(updates)
-        gs = treedef.flatten_up_to(updates)
-        mus = treedef.flatten_up_to(state.mu)
-        nus = treedef.flatten_up_to(state.nu)
         t = state.count
-        outs = [
-            leaf_update(g, mu, nu, state.sigma2[i], state.tau[i], state.beta1[i],
-                        state.beta1_prod[i], t)
-            for i, (g, mu, nu) in enumerate(zip(gs, mus, nus))
-        ]
-        us, new_mus, new_nus, sig, taus, b1s, prods = (list(x) for x in zip(*outs)) if outs \
-            else ([], [], [], [], [], [], [])
-        us = [u.astype(g.dtype) for u, g in zip(us, gs)]
-        dt = state.sigma2.dtype
-        new_state = ScaleByStamState(
-            count=optax.safe_increment(t),
-            mu=treedef.unflatten(new_mus),
-            nu=treedef.unflatten(new_nus),
-            sigma2=c.stack(sig, dt),
-            tau=c.stack(taus, dt),
-            beta1=c.stack(b1s, dt),
-            beta1_prod=c.stack(prods, dt),
-        )
-        return treedef.unflatten(us), new_state
+
+        def leaf_update(g, mu, nu, sigma2, tau, beta1, prod):
+            dt = sigma2.dtype
+            if g.size == 0:  # empty leaf: statistics unchanged (static shape check)
+                return g, mu, nu, sigma2, tau, beta1, prod
+            g = c.sanitize(g, dt)
+            r = g - mu.astype(dt)
+            sigma2 = b2 * sigma2 + (1 - b2) * jnp.mean(r**2)
+            tau = tau_decay * tau + (1 - tau_decay) * jnp.mean(jnp.abs(r))
+            z = sigma2 / (tau**2 + c.TAU_EPS)
+            s = z / (1 + z)
+            beta1 = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
+            fallback = ~jnp.isfinite(sigma2) | (sigma2 >= fallback_threshold * (tau**2 + c.TAU_EPS))
+            beta1 = jnp.where(fallback | ~jnp.isfinite(beta1), b1_base, beta1).astype(dt)
+            new_mu = beta1 * mu.astype(dt) + (1 - beta1) * g
+            new_nu = b2 * nu.astype(dt) + (1 - b2) * g**2
+            prod = prod * beta1
+            mu_hat = new_mu / (1 - prod)
+            nu_hat = new_nu / c.one_minus_pow(b2, t + 1, dt)
+            u = mu_hat / (jnp.sqrt(nu_hat) + eps)
+            return (u, c.store(new_mu, mu.dtype), c.store(new_nu, nu.dtype),
+                    sigma2, tau, beta1, prod)
+
+        u, (mu, nu), (sigma2, tau, beta1, prod) = c.map_leaves(
+            leaf_update, updates, (state.mu, state.nu),
+            (state.sigma2, state.tau, state.beta1, state.beta1_prod))
+        return u, ScaleByStamState(optax.safe_increment(t), mu, nu, sigma2, tau, beta1, prod)
 
     return optax.GradientTransformation(init_fn, update_fn)
 

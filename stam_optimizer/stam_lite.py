@@ -109,52 +109,35 @@ def scale_by_stam_lite(
             beta1_prod=c.vector(n, 1.0, dt),
         )
 
-    def leaf_update(g, mu, a, b, beta1, prod, t, refresh):
-        dt = a.dtype
-        if g.size == 0:  # empty leaf: statistics unchanged (static shape check)
-            return g, mu, a, b, beta1, prod
-        g = c.sanitize(g, dt)
-        a = rho * a + (1 - rho) * jnp.mean(g)
-        b = rho * b + (1 - rho) * jnp.mean(g**2)
-        bias = c.one_minus_pow(rho, t + 1, dt)
-        a_hat, b_hat = a / bias, b / bias
-        var = jnp.maximum(b_hat - a_hat**2, 0)
-        z = var / (b_hat + eps)
-        s = z / (1 + z)
-        cand = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
-        cand = jnp.where(jnp.isfinite(cand), cand, b1_base)
-        beta1 = jnp.where(refresh, cand, beta1).astype(dt)
-        new_mu = beta1 * mu.astype(dt) + (1 - beta1) * g
-        prod = prod * beta1
-        mu_hat = new_mu / (1 - prod)
-        u = mu_hat / (jnp.sqrt(jnp.maximum(b_hat, 0)) + eps)
-        return u, c.store(new_mu, mu.dtype), a, b, beta1, prod
-
     def update_fn(updates, state, params=None):
         del params
-        treedef = jax.tree.structure(updates)
-        gs = treedef.flatten_up_to(updates)
-        mus = treedef.flatten_up_to(state.mu)
         t = state.count
         refresh = t % jnp.asarray(k, jnp.int32) == 0  # lazy β₁: every k steps
-        outs = [
-            leaf_update(g, mu, state.a[i], state.b[i], state.beta1[i],
-                        state.beta1_prod[i], t, refresh)
-            for i, (g, mu) in enumerate(zip(gs, mus))
-        ]
-        us, new_mus, as_, bs, b1s, prods = (list(x) for x in zip(*outs)) if outs \
-            else ([], [], [], [], [], [])
-        us = [u.astype(g.dtype) for u, g in zip(us, gs)]
-        dt = state.a.dtype
-        new_state = ScaleByStamLiteState(
-            count=optax.safe_increment(t),
-            mu=treedef.unflatten(new_mus),
-            a=c.stack(as_, dt),
-            b=c.stack(bs, dt),
-            beta1=c.stack(b1s, dt),
-            beta1_prod=c.stack(prods, dt),
-        )
-        return treedef.unflatten(us), new_state
+
+        def leaf_update(g, mu, a, b, beta1, prod):
+            dt = a.dtype
+            if g.size == 0:  # empty leaf: statistics unchanged (static shape check)
+                return g, mu, a, b, beta1, prod
+            g = c.sanitize(g, dt)
+            a = rho * a + (1 - rho) * jnp.mean(g)
+            b = rho * b + (1 - rho) * jnp.mean(g**2)
+            bias = c.one_minus_pow(rho, t + 1, dt)
+            a_hat, b_hat = a / bias, b / bias
+            var = jnp.maximum(b_hat - a_hat**2, 0)
+            z = var / (b_hat + eps)
+            s = z / (1 + z)
+            cand = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
+            cand = jnp.where(jnp.isfinite(cand), cand, b1_base)
+            beta1 = jnp.where(refresh, cand, beta1).astype(dt)
+            new_mu = beta1 * mu.astype(dt) + (1 - beta1) * g
+            prod = prod * beta1
+            mu_hat = new_mu / (1 - prod)
+            u = mu_hat / (jnp.sqrt(jnp.maximum(b_hat, 0)) + eps)
+            return u, c.store(new_mu, mu.dtype), a, b, beta1, prod
+
+        u, (mu,), (a, b, beta1, prod) = c.map_leaves(
+            leaf_update, updates, (state.mu,), (state.a, state.b, state.beta1, state.beta1_prod))
+        return u, ScaleByStamLiteState(optax.safe_increment(t), mu, a, b, beta1, prod)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
