@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -72,8 +73,10 @@ def scale_by_adams(
 
     def update_fn(updates, state, params=None):
         del params
-        u, (m,), () = c.map_leaves(leaf_update, updates, (state.m,), ())
-        return u, ScaleByAdamsState(m=m)
+        treedef = jax.tree.structure(updates)
+        us, (ms,) = c.map_leaves(leaf_update, treedef.flatten_up_to(updates),
+                                 [treedef.flatten_up_to(state.m)], ())
+        return treedef.unflatten(us), ScaleByAdamsState(m=treedef.unflatten(ms))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -99,7 +102,8 @@ def adams(
       mask: pytree or callable choosing the leaves that decay (optax convention).
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import jax
+import jax.numpy as jnp
       >>> opt = adams(learning_rate=3e-4)
       >>> state = opt.init({"w": jnp.zeros((4, 4))})
     """

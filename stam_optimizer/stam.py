@@ -125,34 +125,43 @@ def scale_by_stam(
 
     def update_fn(updates, state, params=None):
         del params
-        t = state.count
+        treedef = jax.tree.structure(updates)
+        gs = treedef.flatten_up_to(updates)
+        mus, nus = treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
+        t, dt = state.count, state.sigma2.dtype
+        # Tensor statistics of r = g − μ: one fused pass per sum and tensor.
+        (sum_r2, sum_abs_r), gs_in, (mus, nus) = c.tensor_sums(
+            (lambda g, m, _: (g - m) ** 2, lambda g, m, _: jnp.abs(g - m)),
+            gs, [mus, nus], dt)
+        size, nonempty = c.leaf_sizes(gs, dt)
+        # The scalar rules of SPEC.md, for all tensors at once (vectors in leaf order).
+        sigma2 = b2 * state.sigma2 + (1 - b2) * sum_r2 / size
+        tau = tau_decay * state.tau + (1 - tau_decay) * sum_abs_r / size
+        z = sigma2 / (tau**2 + c.TAU_EPS)
+        s = z / (1 + z)
+        beta1 = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
+        fallback = ~jnp.isfinite(sigma2) | (sigma2 >= fallback_threshold * (tau**2 + c.TAU_EPS))
+        beta1 = jnp.where(fallback | ~jnp.isfinite(beta1), b1_base, beta1).astype(dt)
+        prod = state.beta1_prod * beta1
+        sigma2, tau, beta1, prod = (
+            c.keep_where_empty(nonempty, new, old) for new, old in
+            ((sigma2, state.sigma2), (tau, state.tau), (beta1, state.beta1),
+             (prod, state.beta1_prod)))
+        nu_bias = c.one_minus_pow(b2, t + 1, dt)
 
-        def leaf_update(g, mu, nu, sigma2, tau, beta1, prod):
-            dt = sigma2.dtype
-            if g.size == 0:  # empty leaf: statistics unchanged (static shape check)
-                return g, mu, nu, sigma2, tau, beta1, prod
+        def leaf_update(g, mu, nu, beta1, prod):
             g = c.sanitize(g, dt)
-            r = g - mu.astype(dt)
-            sigma2 = b2 * sigma2 + (1 - b2) * jnp.mean(r**2)
-            tau = tau_decay * tau + (1 - tau_decay) * jnp.mean(jnp.abs(r))
-            z = sigma2 / (tau**2 + c.TAU_EPS)
-            s = z / (1 + z)
-            beta1 = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
-            fallback = ~jnp.isfinite(sigma2) | (sigma2 >= fallback_threshold * (tau**2 + c.TAU_EPS))
-            beta1 = jnp.where(fallback | ~jnp.isfinite(beta1), b1_base, beta1).astype(dt)
             new_mu = beta1 * mu.astype(dt) + (1 - beta1) * g
             new_nu = b2 * nu.astype(dt) + (1 - b2) * g**2
-            prod = prod * beta1
             mu_hat = new_mu / (1 - prod)
-            nu_hat = new_nu / c.one_minus_pow(b2, t + 1, dt)
+            nu_hat = new_nu / nu_bias
             u = mu_hat / (jnp.sqrt(nu_hat) + eps)
-            return (u, c.store(new_mu, mu.dtype), c.store(new_nu, nu.dtype),
-                    sigma2, tau, beta1, prod)
+            return u, c.store(new_mu, mu.dtype), c.store(new_nu, nu.dtype)
 
-        u, (mu, nu), (sigma2, tau, beta1, prod) = c.map_leaves(
-            leaf_update, updates, (state.mu, state.nu),
-            (state.sigma2, state.tau, state.beta1, state.beta1_prod))
-        return u, ScaleByStamState(optax.safe_increment(t), mu, nu, sigma2, tau, beta1, prod)
+        us, (mus, nus) = c.map_leaves(leaf_update, gs_in, [mus, nus], (beta1, prod))
+        new_state = ScaleByStamState(optax.safe_increment(t), treedef.unflatten(mus),
+                                     treedef.unflatten(nus), sigma2, tau, beta1, prod)
+        return treedef.unflatten(us), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -111,33 +111,41 @@ def scale_by_stam_lite(
 
     def update_fn(updates, state, params=None):
         del params
-        t = state.count
+        treedef = jax.tree.structure(updates)
+        gs, mus = treedef.flatten_up_to(updates), treedef.flatten_up_to(state.mu)
+        t, dt = state.count, state.a.dtype
+        # Tensor moments of g: one fused pass per sum and tensor.
+        (sum_g, sum_g2), gs_in, (mus,) = c.tensor_sums(
+            (lambda g, _: g, lambda g, _: g**2), gs, [mus], dt)
+        size, nonempty = c.leaf_sizes(gs, dt)
+        # The scalar rules of SPEC.md, for all tensors at once (vectors in leaf order).
+        a = rho * state.a + (1 - rho) * sum_g / size
+        b = rho * state.b + (1 - rho) * sum_g2 / size
+        bias = c.one_minus_pow(rho, t + 1, dt)
+        a_hat, b_hat = a / bias, b / bias
+        var = jnp.maximum(b_hat - a_hat**2, 0)
+        z = var / (b_hat + eps)
+        s = z / (1 + z)
+        cand = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
+        cand = jnp.where(jnp.isfinite(cand), cand, b1_base)
         refresh = t % jnp.asarray(k, jnp.int32) == 0  # lazy β₁: every k steps
+        beta1 = jnp.where(refresh, cand, state.beta1).astype(dt)
+        prod = state.beta1_prod * beta1
+        a, b, beta1, prod = (
+            c.keep_where_empty(nonempty, new, old) for new, old in
+            ((a, state.a), (b, state.b), (beta1, state.beta1), (prod, state.beta1_prod)))
+        rms = jnp.sqrt(jnp.maximum(b / bias, 0)) + eps
 
-        def leaf_update(g, mu, a, b, beta1, prod):
-            dt = a.dtype
-            if g.size == 0:  # empty leaf: statistics unchanged (static shape check)
-                return g, mu, a, b, beta1, prod
+        def leaf_update(g, mu, beta1, prod, rms):
             g = c.sanitize(g, dt)
-            a = rho * a + (1 - rho) * jnp.mean(g)
-            b = rho * b + (1 - rho) * jnp.mean(g**2)
-            bias = c.one_minus_pow(rho, t + 1, dt)
-            a_hat, b_hat = a / bias, b / bias
-            var = jnp.maximum(b_hat - a_hat**2, 0)
-            z = var / (b_hat + eps)
-            s = z / (1 + z)
-            cand = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
-            cand = jnp.where(jnp.isfinite(cand), cand, b1_base)
-            beta1 = jnp.where(refresh, cand, beta1).astype(dt)
             new_mu = beta1 * mu.astype(dt) + (1 - beta1) * g
-            prod = prod * beta1
             mu_hat = new_mu / (1 - prod)
-            u = mu_hat / (jnp.sqrt(jnp.maximum(b_hat, 0)) + eps)
-            return u, c.store(new_mu, mu.dtype), a, b, beta1, prod
+            return mu_hat / rms, c.store(new_mu, mu.dtype)
 
-        u, (mu,), (a, b, beta1, prod) = c.map_leaves(
-            leaf_update, updates, (state.mu,), (state.a, state.b, state.beta1, state.beta1_prod))
-        return u, ScaleByStamLiteState(optax.safe_increment(t), mu, a, b, beta1, prod)
+        us, (mus,) = c.map_leaves(leaf_update, gs_in, [mus], (beta1, prod, rms))
+        new_state = ScaleByStamLiteState(optax.safe_increment(t), treedef.unflatten(mus),
+                                         a, b, beta1, prod)
+        return treedef.unflatten(us), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -180,8 +180,12 @@ def test_non_finite_gradient_entries_never_reach_the_state(name):
     _, s = tx.update(g0, s, params)
     u_bad, s_bad = tx.update(bad, s, params)
     u_zero, s_zero = tx.update(zeroed, s, params)
-    _assert_trees_equal(s_bad, s_zero)
-    _assert_trees_equal(u_bad, u_zero)
+    # The tensor sums of a gradient with non-finite entries are recomputed from
+    # the sanitised gradient in one segment sum over all tensors, whose summation
+    # order differs from the per-tensor reductions of the clean path: equal up to
+    # float32 summation rounding, not bit for bit.
+    _assert_trees_close(s_bad, s_zero, rtol=1e-6)
+    _assert_trees_close(u_bad, u_zero, rtol=1e-6)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(s_bad))
     u, s_next = tx.update(g2, s_bad, params)  # training goes on normally
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((u, s_next)))

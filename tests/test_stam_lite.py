@@ -12,6 +12,11 @@ import stam_optimizer as so
 LR, WD = 1e-2, 0.05
 F32_RTOL = 1e-5
 BF16_RTOL = 3 * 2.0**-8
+# A 0-d tensor's variance b̂ − â² is the difference of two EMAs of the same
+# numbers: it cancels (b̂/var reaches 15 after the stream's mean shifts), so its
+# float32 β₁ carries ~2e-7 absolute error (measured), which the momentum then
+# accumulates; multi-element tensors (b̂/var ≤ 1.2 here) keep the 1e-5 bound.
+SCALAR_RTOL = 1e-4
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
@@ -20,7 +25,7 @@ def test_matches_float64_reference(k):
     pairs, betas = run_against_reference(
         tx, lambda shape: StamLiteRef(shape, LR, WD, k=k, alpha=0.5), steps=120, lr=LR)
     for leaf, triples in pairs.items():
-        rtol = BF16_RTOL if leaf == "half" else F32_RTOL
+        rtol = {"half": BF16_RTOL, "scalar": SCALAR_RTOL}.get(leaf, F32_RTOL)
         assert max_rel_err(triples) <= rtol, leaf
     for leaf, bp in betas.items():
         ours, ref = np.array(bp).T

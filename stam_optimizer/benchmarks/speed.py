@@ -1,0 +1,277 @@
+"""Timing of optimizer updates and whole train steps, measured fairly.
+
+Method (for every number): one jitted program per optimizer with params and
+state donated; compile time measured apart; warm-up steps excluded;
+`block_until_ready` after every step; optimizers interleaved A B A B ... so that
+machine noise hits all of them alike; medians reported with min–max, and ratios
+to `optax.adamw` taken per round (paired) before the median.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from stam_optimizer.benchmarks import registry
+
+# Bytes moved per parameter by one update in float32, counted from SPEC.md and
+# NOTES.md: AdamW reads p, g, m, v and writes p, m, v; STAM needs a statistics
+# read of g and μ first; STAMLite a statistics read of g, then g, μ, p in and
+# μ, p out; AdamS reads p, g, m and writes p, m.
+BYTES_PER_PARAM = {
+    "adamw": 28, "stam_full": 36, "stam_lite": 24, "stam_lite_bf16": 20, "adams": 20,
+}
+UPDATE_OPTIMIZERS = list(BYTES_PER_PARAM)
+TARGETS = {"stam_full": 1.30, "stam_lite": 0.90, "stam_lite_bf16": 0.80, "adams": 0.95}
+
+
+def make_tree(name: str) -> dict:
+    """The three parameter trees of the speed issue (float32)."""
+    if name == "small200":  # ~1M params in 200 leaves of varied shapes
+        rng = np.random.default_rng(0)
+        shapes = [(int(rng.integers(40, 100)), int(rng.integers(40, 100))) for _ in range(200)]
+        return {f"p{i:03d}": jnp.full(s, 0.1, jnp.float32) for i, s in enumerate(shapes)}
+    if name == "square8":  # ~8.4M params: 8 square layers with biases
+        tree = {}
+        for i in range(8):
+            tree[f"w{i}"] = jnp.full((1024, 1024), 0.1, jnp.float32)
+            tree[f"b{i}"] = jnp.full((1024,), 0.1, jnp.float32)
+        return tree
+    if name == "large64":  # ~64M params in four large leaves
+        return {f"w{i}": jnp.full((4096, 4096), 0.1, jnp.float32) for i in range(4)}
+    raise ValueError(f"unknown tree {name!r}; choose from small200, square8, large64")
+
+
+def _update_step(tx: optax.GradientTransformation) -> Callable:
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _interleave(runners: dict[str, Callable[[], None]], steps: int) -> dict[str, np.ndarray]:
+    times = {k: [] for k in runners}
+    for _ in range(steps):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return {k: np.asarray(v) for k, v in times.items()}
+
+
+def _summary(times: dict[str, np.ndarray], baseline: str) -> dict[str, dict]:
+    out = {}
+    for k, t in times.items():
+        out[k] = {
+            "median_s": float(np.median(t)), "min_s": float(t.min()), "max_s": float(t.max()),
+            "ratio_to_adamw": float(np.median(t / times[baseline])) if baseline in times else None,
+        }
+    return out
+
+
+def copy_bandwidth(n_floats: int, steps: int = 20) -> float:
+    """Bytes/s of an in-place read+write of `n_floats` float32 (donated buffer)."""
+    f = jax.jit(lambda x: x * 1.0000001, donate_argnums=0)
+    x = jax.block_until_ready(f(jnp.ones((n_floats,), jnp.float32)))
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        x = jax.block_until_ready(f(x))
+        ts.append(time.perf_counter() - t0)
+    return 2 * 4 * n_floats / float(np.median(ts))
+
+
+def time_updates(tree_name: str, names: list[str], steps: int, warmup: int,
+                 log: Callable[[str], None]) -> dict:
+    """Optimizer update alone (plus `apply_updates`), donated, interleaved."""
+    tree = make_tree(tree_name)
+    n = sum(x.size for x in jax.tree.leaves(tree))
+    grads = jax.tree.map(lambda x: x * 0.01, tree)
+    runners, compile_s = {}, {}
+    for name in names:
+        tx = registry.get(name)
+        params = jax.tree.map(jnp.copy, tree)
+        state = tx.init(params)
+        t0 = time.perf_counter()
+        step = _update_step(tx).lower(params, state, grads).compile()
+        compile_s[name] = time.perf_counter() - t0
+        box = {"p": params, "s": state}
+
+        def run(box=box, step=step):
+            box["p"], box["s"] = step(box["p"], box["s"], grads)
+            jax.block_until_ready((box["p"], box["s"]))
+
+        for _ in range(warmup):
+            run()
+        runners[name] = run
+        log(f"  {tree_name}: compiled {name} in {compile_s[name]:.2f}s")
+    times = _interleave(runners, steps)
+    result = _summary(times, "adamw")
+    bw = copy_bandwidth(n)
+    for name in names:
+        r = result[name]
+        r["compile_s"] = compile_s[name]
+        if name in BYTES_PER_PARAM:
+            r["bytes_per_param"] = BYTES_PER_PARAM[name]
+            r["achieved_GBps"] = BYTES_PER_PARAM[name] * n / r["median_s"] / 1e9
+    return {"tree": tree_name, "params": int(n), "leaves": len(jax.tree.leaves(tree)),
+            "copy_GBps": bw / 1e9, "optimizers": result}
+
+
+# --- whole train steps ------------------------------------------------------------
+
+def _mlp_task(key):
+    sizes = (784, 512, 512, 10)
+    keys = jax.random.split(key, len(sizes))
+    params = [{"w": jax.random.normal(k, (a, b)) * jnp.sqrt(2.0 / a), "b": jnp.zeros(b)}
+              for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+    x = jax.random.normal(keys[-1], (128, 784))
+    y = jax.random.randint(keys[-1], (128,), 0, 10)
+
+    def loss(params):
+        h = x
+        for layer in params[:-1]:
+            h = jax.nn.relu(h @ layer["w"] + layer["b"])
+        logits = h @ params[-1]["w"] + params[-1]["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return params, loss
+
+
+def _transformer_task(key, vocab=256, d=128, layers=2, heads=4, seq=64, batch=16):
+    ks = iter(jax.random.split(key, 4 + 6 * layers))
+    nrm = lambda k, s, scale: jax.random.normal(k, s) * scale  # noqa: E731
+    params = {"embed": nrm(next(ks), (vocab, d), 0.02), "pos": nrm(next(ks), (seq, d), 0.02),
+              "blocks": [], "ln_f": jnp.ones(d)}
+    for _ in range(layers):
+        params["blocks"].append({
+            "ln1": jnp.ones(d), "ln2": jnp.ones(d),
+            "qkv": nrm(next(ks), (d, 3 * d), d**-0.5), "proj": nrm(next(ks), (d, d), d**-0.5),
+            "up": nrm(next(ks), (d, 4 * d), d**-0.5), "down": nrm(next(ks), (4 * d, d),
+                                                                (4 * d) ** -0.5),
+        })
+    tokens = jax.random.randint(next(ks), (batch, seq + 1), 0, vocab)
+    mask = jnp.tril(jnp.ones((seq, seq), bool))
+
+    def norm(x, g):
+        return g * (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5)
+
+    def loss(params):
+        x = params["embed"][tokens[:, :-1]] + params["pos"]
+        for blk in params["blocks"]:
+            q, k, v = jnp.split(norm(x, blk["ln1"]) @ blk["qkv"], 3, axis=-1)
+            q, k, v = (t.reshape(batch, seq, heads, d // heads) for t in (q, k, v))
+            att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // heads)
+            att = jax.nn.softmax(jnp.where(mask, att, -1e9), axis=-1)
+            x = x + jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(batch, seq, d) @ blk["proj"]
+            x = x + jax.nn.gelu(norm(x, blk["ln2"]) @ blk["up"]) @ blk["down"]
+        logits = norm(x, params["ln_f"]) @ params["embed"].T
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+    return params, loss
+
+
+TRAIN_TASKS = {"mlp": _mlp_task, "transformer": _transformer_task}
+
+
+def time_train_steps(task: str, names: list[str], steps: int, warmup: int, seed: int,
+                     log: Callable[[str], None]) -> dict:
+    """Forward + backward + update of a small model, every optimizer interleaved."""
+    params0, loss = TRAIN_TASKS[task](jax.random.PRNGKey(seed))
+    runners, compile_s, losses = {}, {}, {}
+    for name in names:
+        tx = registry.get(name)
+
+        def step(params, state, tx=tx):
+            value, grads = jax.value_and_grad(loss)(params)
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state, value
+
+        params = jax.tree.map(jnp.copy, params0)
+        state = tx.init(params)
+        t0 = time.perf_counter()
+        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state).compile()
+        compile_s[name] = time.perf_counter() - t0
+        box = {"p": params, "s": state, "loss": None}
+
+        def run(box=box, compiled=compiled):
+            box["p"], box["s"], box["loss"] = compiled(box["p"], box["s"])
+            jax.block_until_ready(box["p"])
+
+        for _ in range(warmup):
+            run()
+        runners[name] = run
+        losses[name] = box
+        log(f"  {task}: compiled {name} in {compile_s[name]:.2f}s")
+    times = _interleave(runners, steps)
+    baseline = "adamw" if "adamw" in names else names[0]
+    result = _summary(times, baseline)
+    for name in names:
+        result[name]["compile_s"] = compile_s[name]
+        result[name]["final_loss"] = float(losses[name]["loss"])
+    return {"task": task, "seed": seed, "baseline": baseline, "optimizers": result}
+
+
+def environment() -> dict:
+    """Versions and machine facts stored with every timing file."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "python": sys.version.split()[0], "jax": jax.__version__, "optax": optax.__version__,
+        "numpy": np.__version__, "backend": jax.default_backend(), "cpu": cpu,
+        "threads": os.cpu_count(), "devices": jax.device_count(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_json(path: str, data: dict) -> None:
+    """Writes `data` atomically: a half-written file never replaces a good one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def update_table(runs: list[dict]) -> str:
+    """Markdown table of update-only ratios (the headline) and bandwidth."""
+    lines = ["| tree | params | optimizer | ratio to adamw (median) | target | median ms"
+             " (min–max) | GB/s (copy GB/s) | compile s |", "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for name, r in run["optimizers"].items():
+            target = TARGETS.get(name)
+            verdict = "" if target is None else (
+                f"≤ {target:.2f} {'met' if r['ratio_to_adamw'] <= target else 'missed'}")
+            lines.append(
+                f"| {run['tree']} | {run['params'] / 1e6:.1f}M | {name} | "
+                f"{r['ratio_to_adamw']:.2f} | {verdict} | {r['median_s'] * 1e3:.2f} "
+                f"({r['min_s'] * 1e3:.2f}–{r['max_s'] * 1e3:.2f}) | "
+                f"{r.get('achieved_GBps', float('nan')):.1f} ({run['copy_GBps']:.1f}) | "
+                f"{r['compile_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def train_table(runs: list[dict]) -> str:
+    """Markdown table of whole-train-step timings."""
+    lines = ["| task | optimizer | ratio to adamw | median ms (min–max) | compile s |",
+             "|---|---|---|---|---|"]
+    for run in runs:
+        for name, r in run["optimizers"].items():
+            lines.append(f"| {run['task']} | {name} | {r['ratio_to_adamw']:.2f} | "
+                         f"{r['median_s'] * 1e3:.2f} ({r['min_s'] * 1e3:.2f}–"
+                         f"{r['max_s'] * 1e3:.2f}) | {r['compile_s']:.2f} |")
+    return "\n".join(lines)

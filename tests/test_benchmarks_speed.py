@@ -1,0 +1,65 @@
+"""The speed benchmark and the 0.1.0 fair-timing command run end to end (tiny sizes).
+
+These check that the commands work and write what they promise; they assert no
+timing (timings are checked by running the benchmark, never in unit tests).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from stam_optimizer.benchmarks import cli, registry, speed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", list(registry.OPTIMIZERS))
+def test_every_registered_optimizer_takes_a_finite_step(name):
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    tx = registry.get(name, 1e-2)
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new))
+    assert bool(jnp.any(new["w"] != params["w"]))
+
+
+def test_unknown_names_are_rejected():
+    with pytest.raises(ValueError, match="unknown optimizer 'adamx'"):
+        registry.parse_names("adamw,adamx")
+    with pytest.raises(SystemExit):
+        cli.main(["speed", "--train-optimizers", "nope"])
+
+
+def test_speed_command_writes_json_and_table(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    rc = cli.main(["speed", "--trees", "square8", "--steps", "2", "--warmup", "1",
+                   "--train-tasks", "mlp", "--train-optimizers", "stam_full,adamw",
+                   "--output", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    (run,) = data["update"]
+    assert set(run["optimizers"]) == set(speed.UPDATE_OPTIMIZERS)
+    assert run["optimizers"]["adamw"]["ratio_to_adamw"] == 1.0
+    assert run["copy_GBps"] > 0 and data["environment"]["jax"] == jax.__version__
+    assert set(data["train_step"][0]["optimizers"]) == {"stam_full", "adamw"}
+    printed = capsys.readouterr().out
+    assert "| square8 | 8.4M | stam_full |" in printed
+
+
+def test_fair_timing_file_path_form(tmp_path):
+    out = tmp_path / "fair_timing.json"
+    proc = subprocess.run(
+        [sys.executable, "stam_optimizer/benchmarks/fair_timing.py", "--optimizers",
+         "stam_lite,sgd_momentum", "--seeds", "2", "--warmup-steps", "1", "--timed-steps", "2",
+         "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    assert set(runs[0]["optimizers"]) == {"stam_lite", "sgd_momentum", "adamw"}
