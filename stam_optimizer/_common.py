@@ -187,6 +187,18 @@ def store(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
     return x.astype(dtype)
 
 
+def read_back(stored: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """The freshly stored buffer, as the update must read it: upcast, behind a barrier.
+
+    Without the barrier XLA recomputes the buffer inside the update's fusion from
+    the previous one, which the store overwrites in place, and so copies the
+    whole previous buffer first (measured 1.8x slower for bfloat16 state). With
+    a low-precision state the update therefore uses the rounded buffer, which
+    is also what the next step starts from.
+    """
+    return jax.lax.optimization_barrier(stored).astype(dtype)
+
+
 def stack(scalars: list[jax.Array], dtype: jnp.dtype) -> jax.Array:
     """Stacks per-leaf scalars into the 1-D per-tensor vector (empty trees allowed)."""
     if not scalars:
@@ -194,14 +206,27 @@ def stack(scalars: list[jax.Array], dtype: jnp.dtype) -> jax.Array:
     return jnp.stack([jnp.asarray(s, dtype) for s in scalars])
 
 
-def vector(n: int, value: Any, dtype: jnp.dtype) -> jax.Array:
-    """A length-`n` vector filled with `value`, strongly typed (no weak-type recompile)."""
-    return jnp.full((n,), value, dtype=dtype)
+def vector(n: int, value: Any, dtype: jnp.dtype, like: list[jax.Array] = ()) -> jax.Array:
+    """A length-`n` vector filled with `value`, strongly typed (no weak-type recompile).
+
+    When the params (`like`) are concrete arrays sharded over a mesh, the vector
+    is replicated over that mesh, as a jitted step would leave it.
+    """
+    vec = jnp.full((n,), value, dtype=dtype)
+    sharding = next((getattr(x, "sharding", None) for x in like), None)
+    if isinstance(sharding, jax.sharding.NamedSharding) and not isinstance(vec, jax.core.Tracer):
+        vec = jax.device_put(vec, jax.sharding.NamedSharding(sharding.mesh,
+                                                             jax.sharding.PartitionSpec()))
+    return vec
 
 
 def zeros_like_tree(params: Any, dtype: jnp.dtype | None) -> Any:
-    """Param-shaped zeros, in `dtype` or in each param's own dtype."""
-    return jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params)
+    """Param-shaped zeros, in `dtype` or in each param's own dtype.
+
+    `zeros_like` keeps each param's sharding (as `optax.adamw` does), so a
+    state built from sharded params is sharded the same way.
+    """
+    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype or p.dtype), params)
 
 
 def map_leaves(

@@ -117,10 +117,10 @@ def scale_by_stam(
             count=jnp.zeros([], jnp.int32),
             mu=c.zeros_like_tree(params, mu_dtype),
             nu=c.zeros_like_tree(params, mu_dtype),
-            sigma2=c.vector(n, 0.0, dt),
-            tau=c.vector(n, 0.0, dt),
-            beta1=c.vector(n, b1_base, dt),
-            beta1_prod=c.vector(n, 1.0, dt),
+            sigma2=c.vector(n, 0.0, dt, leaves),
+            tau=c.vector(n, 0.0, dt, leaves),
+            beta1=c.vector(n, b1_base, dt, leaves),
+            beta1_prod=c.vector(n, 1.0, dt, leaves),
         )
 
     def update_fn(updates, state, params=None):
@@ -151,12 +151,13 @@ def scale_by_stam(
 
         def leaf_update(g, mu, nu, beta1, prod):
             g = c.sanitize(g, dt)
-            new_mu = beta1 * mu.astype(dt) + (1 - beta1) * g
+            mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
             new_nu = b2 * nu.astype(dt) + (1 - b2) * g**2
-            mu_hat = new_mu / (1 - prod)
+            mu_hat = c.read_back(mu, dt) / (1 - prod)  # the stored μ (see c.read_back)
+            # ν is used before storage: a float16 ν flushes small g² to 0
             nu_hat = new_nu / nu_bias
             u = mu_hat / (jnp.sqrt(nu_hat) + eps)
-            return u, c.store(new_mu, mu.dtype), c.store(new_nu, nu.dtype)
+            return u, mu, c.store(new_nu, nu.dtype)
 
         us, (mus, nus) = c.map_leaves(leaf_update, gs_in, [mus, nus], (beta1, prod))
         new_state = ScaleByStamState(optax.safe_increment(t), treedef.unflatten(mus),

@@ -103,10 +103,10 @@ def scale_by_stam_lite(
         return ScaleByStamLiteState(
             count=jnp.zeros([], jnp.int32),
             mu=c.zeros_like_tree(params, dtype),
-            a=c.vector(n, 0.0, dt),
-            b=c.vector(n, 0.0, dt),
-            beta1=c.vector(n, b1_base, dt),
-            beta1_prod=c.vector(n, 1.0, dt),
+            a=c.vector(n, 0.0, dt, leaves),
+            b=c.vector(n, 0.0, dt, leaves),
+            beta1=c.vector(n, b1_base, dt, leaves),
+            beta1_prod=c.vector(n, 1.0, dt, leaves),
         )
 
     def update_fn(updates, state, params=None):
@@ -138,9 +138,9 @@ def scale_by_stam_lite(
 
         def leaf_update(g, mu, beta1, prod, rms):
             g = c.sanitize(g, dt)
-            new_mu = beta1 * mu.astype(dt) + (1 - beta1) * g
-            mu_hat = new_mu / (1 - prod)
-            return mu_hat / rms, c.store(new_mu, mu.dtype)
+            mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
+            mu_hat = c.read_back(mu, dt) / (1 - prod)  # the stored μ (see c.read_back)
+            return mu_hat / rms, mu
 
         us, (mus,) = c.map_leaves(leaf_update, gs_in, [mus], (beta1, prod, rms))
         new_state = ScaleByStamLiteState(optax.safe_increment(t), treedef.unflatten(mus),

@@ -148,7 +148,9 @@ def _mlp_task(key):
     return params, loss
 
 
-def _transformer_task(key, vocab=256, d=128, layers=2, heads=4, seq=64, batch=16):
+def _transformer_task(key, vocab=256, d=128, layers=2, heads=4, seq=64, batch=16,
+                      return_tokens=False):
+    """A 2-layer causal transformer; `loss(params, tokens=fixed batch)`."""
     ks = iter(jax.random.split(key, 4 + 6 * layers))
     nrm = lambda k, s, scale: jax.random.normal(k, s) * scale  # noqa: E731
     params = {"embed": nrm(next(ks), (vocab, d), 0.02), "pos": nrm(next(ks), (seq, d), 0.02),
@@ -166,7 +168,7 @@ def _transformer_task(key, vocab=256, d=128, layers=2, heads=4, seq=64, batch=16
     def norm(x, g):
         return g * (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5)
 
-    def loss(params):
+    def loss(params, tokens=tokens):
         x = params["embed"][tokens[:, :-1]] + params["pos"]
         for blk in params["blocks"]:
             q, k, v = jnp.split(norm(x, blk["ln1"]) @ blk["qkv"], 3, axis=-1)
@@ -178,7 +180,7 @@ def _transformer_task(key, vocab=256, d=128, layers=2, heads=4, seq=64, batch=16
         logits = norm(x, params["ln_f"]) @ params["embed"].T
         return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
-    return params, loss
+    return (params, loss, tokens) if return_tokens else (params, loss)
 
 
 TRAIN_TASKS = {"mlp": _mlp_task, "transformer": _transformer_task}
