@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from stam_optimizer.quantize import QuantizedArray
 from stam_optimizer.stam import ScaleByStamState
 from stam_optimizer.stam_lite import ScaleByStamLiteState
 
@@ -67,7 +68,8 @@ def tree_beta1(opt_state: Any, params: Any) -> Any:
     out: list[Any] = [jnp.asarray(jnp.nan, jnp.float32)] * len(leaves)
     for state in states:
         beta1 = jnp.asarray(_unbox(state.beta1))
-        slots = jax.tree.leaves(state.mu, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+        slots = jax.tree.leaves(
+            state.mu, is_leaf=lambda x: isinstance(x, (optax.MaskedNode, QuantizedArray)))
         if len(slots) != len(leaves):
             raise ValueError(
                 f"tree_beta1: the optimizer state covers {len(slots)} leaves but params"

@@ -96,7 +96,8 @@ class STAMLite(_Subtracted):
         state_dtype: Any = "float32",
         b1_min: float | None = None,
         mask: Any | None = None,
+        **quantization: Any,
     ):
         super().__init__(stam_lite(learning_rate, b1_base, eps, weight_decay, adapt_strength,
                                    moment_decay, beta1_update_interval, state_dtype, b1_min,
-                                   mask))
+                                   mask, **quantization))

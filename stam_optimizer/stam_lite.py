@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from stam_optimizer import _common as c
+from stam_optimizer import quantize as qz
 
 
 class ScaleByStamLiteState(NamedTuple):
@@ -57,6 +58,12 @@ def scale_by_stam_lite(
     beta1_update_interval: int = 5,
     state_dtype: Any = "float32",
     b1_min: float | None = None,
+    *,
+    block_size: int = 256,
+    min_quantized_size: int = 4096,
+    quantize_mask: Any | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformation:
     r"""Rescales updates by STAMLite's direction `u = μ̂ / (√b̂ + eps)`.
 
@@ -85,6 +92,22 @@ def scale_by_stam_lite(
         dtype's largest finite value.
       b1_min: smallest β₁, in (0, b1_base]. Default
         `min(b1_base, max(0.5, b1_base·(1−α)))`.
+      block_size: with `state_dtype="int8"`, elements per quantisation block
+        (one float32 scale each), ≥ 1. Default 256 (1.016 bytes/param).
+      min_quantized_size: with "int8", tensors with fewer elements stay float32
+        (biases and norms: tiny, and their statistics are the least robust to
+        rounding). Default 4096, ≥ 0.
+      quantize_mask: with "int8", a pytree (or callable params -> pytree) of
+        bools; False keeps that tensor in float32 (e.g. embeddings).
+      stochastic_rounding: with "int8", round μ stochastically (unbiased),
+        keyed from `seed` and the step count, so runs are reproducible. Use it for
+        β₁ close to 1, where nearest rounding can freeze small entries of μ.
+      seed: seed of the stochastic rounding.
+
+    The "int8" state keeps μ as `quantize.QuantizedArray` (float8-e4m3 codes as
+    uint8 plus a float32 scale per block); the update decodes μ to float32,
+    mixes in g, re-encodes, and uses the stored value, all in the one step.
+    Under `optax.inject_hyperparams` list the int8 options in `static_args`.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -92,17 +115,29 @@ def scale_by_stam_lite(
       >>> state = tx.init({"w": jnp.zeros(3)})
     """
     _validate(b1_base, eps, adapt_strength, moment_decay, beta1_update_interval, b1_min)
-    dtype = c.resolve_dtype("state_dtype", state_dtype, c.FLOAT_STATE_DTYPES)
+    dtype = c.resolve_dtype("state_dtype", state_dtype, (*c.FLOAT_STATE_DTYPES, "int8"))
+    quantized = dtype == jnp.int8
+    c.check_interval_int("block_size", block_size)
+    c.check_range("min_quantized_size", min_quantized_size, 0.0)
     alpha, rho, k = adapt_strength, moment_decay, beta1_update_interval
     if b1_min is None:
         b1_min = c.default_b1_min(b1_base, alpha)
+
+    def _init_mu(params):
+        if not quantized:
+            return c.zeros_like_tree(params, dtype)
+        mask = quantize_mask(params) if callable(quantize_mask) else quantize_mask
+        mask = jax.tree.map(lambda _: True, params) if mask is None else mask
+        return jax.tree.map(
+            lambda p, m: (qz.zeros(p.shape, block_size) if m and p.size >= min_quantized_size
+                          else jnp.zeros_like(p, dtype=jnp.float32)), params, mask)
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)
         n, dt = len(leaves), c.stat_dtype(leaves)
         return ScaleByStamLiteState(
             count=jnp.zeros([], jnp.int32),
-            mu=c.zeros_like_tree(params, dtype),
+            mu=_init_mu(params),
             a=c.vector(n, 0.0, dt, leaves),
             b=c.vector(n, 0.0, dt, leaves),
             beta1=c.vector(n, b1_base, dt, leaves),
@@ -115,8 +150,7 @@ def scale_by_stam_lite(
         gs, mus = treedef.flatten_up_to(updates), treedef.flatten_up_to(state.mu)
         t, dt = state.count, state.a.dtype
         # Tensor moments of g: one fused pass per sum and tensor.
-        (sum_g, sum_g2), gs_in, (mus,) = c.tensor_sums(
-            (lambda g, _: g, lambda g, _: g**2), gs, [mus], dt)
+        (sum_g, sum_g2), gs_in, () = c.tensor_sums((lambda g: g, lambda g: g**2), gs, [], dt)
         size, nonempty = c.leaf_sizes(gs, dt)
         # The scalar rules of SPEC.md, for all tensors at once (vectors in leaf order).
         a = rho * state.a + (1 - rho) * sum_g / size
@@ -136,13 +170,23 @@ def scale_by_stam_lite(
             ((a, state.a), (b, state.b), (beta1, state.beta1), (prod, state.beta1_prod)))
         rms = jnp.sqrt(jnp.maximum(b / bias, 0)) + eps
 
-        def leaf_update(g, mu, beta1, prod, rms):
-            g = c.sanitize(g, dt)
-            mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
-            mu_hat = c.read_back(mu, dt) / (1 - prod)  # the stored μ (see c.read_back)
-            return mu_hat / rms, mu
+        step_key = jax.random.fold_in(jax.random.PRNGKey(seed), t) if stochastic_rounding \
+            else None
 
-        us, (mus,) = c.map_leaves(leaf_update, gs_in, [mus], (beta1, prod, rms))
+        def leaf_update(g, mu, beta1, prod, rms, index):
+            g = c.sanitize(g, dt)
+            if isinstance(mu, qz.QuantizedArray):  # int8: decode, mix, re-encode
+                key = None if step_key is None else jax.random.fold_in(step_key, index)
+                mu = qz.quantize(beta1 * qz.dequantize(mu, g.shape) + (1 - beta1) * g,
+                                 block_size, key)
+                stored = qz.dequantize(jax.lax.optimization_barrier(mu), g.shape)
+            else:
+                mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
+                stored = c.read_back(mu, dt)  # the stored μ (see c.read_back)
+            return stored / (1 - prod) / rms, mu
+
+        index = jnp.arange(len(gs), dtype=jnp.int32)
+        us, (mus,) = c.map_leaves(leaf_update, gs_in, [mus], (beta1, prod, rms, index))
         new_state = ScaleByStamLiteState(optax.safe_increment(t), treedef.unflatten(mus),
                                          a, b, beta1, prod)
         return treedef.unflatten(us), new_state
@@ -161,6 +205,12 @@ def stam_lite(
     state_dtype: Any = "float32",
     b1_min: float | None = None,
     mask: Any | None = None,
+    *,
+    block_size: int = 256,
+    min_quantized_size: int = 4096,
+    quantize_mask: Any | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformation:
     r"""STAMLite optimizer: `scale_by_stam_lite`, decoupled weight decay, learning rate.
 
@@ -173,7 +223,8 @@ def stam_lite(
       weight_decay: λ ≥ 0 (or a schedule). Default 0.01.
       mask: pytree or callable choosing the leaves that decay (optax convention);
         under `optax.inject_hyperparams` pass `static_args=("mask",)`.
-      Others: see `scale_by_stam_lite`.
+      Others (including the int8 options `block_size`, `min_quantized_size`,
+        `quantize_mask`, `stochastic_rounding`, `seed`): see `scale_by_stam_lite`.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -186,6 +237,9 @@ def stam_lite(
     c.check_weight_decay(weight_decay)
     return c.with_decay_and_lr(
         scale_by_stam_lite(b1_base, eps, adapt_strength, moment_decay,
-                           beta1_update_interval, state_dtype, b1_min),
+                           beta1_update_interval, state_dtype, b1_min,
+                           block_size=block_size, min_quantized_size=min_quantized_size,
+                           quantize_mask=quantize_mask,
+                           stochastic_rounding=stochastic_rounding, seed=seed),
         learning_rate, weight_decay, mask,
     )

@@ -19,6 +19,7 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
     "stam_full": lambda lr: so.stam(lr, weight_decay=WD),
     "stam_lite": lambda lr: so.stam_lite(lr, weight_decay=WD),
     "stam_lite_bf16": lambda lr: so.stam_lite(lr, weight_decay=WD, state_dtype="bfloat16"),
+    "stam_lite_int8": lambda lr: so.stam_lite(lr, weight_decay=WD, state_dtype="int8"),
     "stam_fixed": lambda lr: so.stam(lr, weight_decay=WD, adapt_strength=0.0),
     "stam_const_beta": lambda lr: so.stam(lr, weight_decay=WD, b1_base=0.81, adapt_strength=0.0),
     "adamw": lambda lr: optax.adamw(lr, weight_decay=WD),

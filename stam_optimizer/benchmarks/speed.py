@@ -28,10 +28,14 @@ from stam_optimizer.benchmarks import registry
 # read of g and μ first; STAMLite a statistics read of g, then g, μ, p in and
 # μ, p out; AdamS reads p, g, m and writes p, m.
 BYTES_PER_PARAM = {
-    "adamw": 28, "stam_full": 36, "stam_lite": 24, "stam_lite_bf16": 20, "adams": 20,
+    "adamw": 28, "stam_full": 36, "stam_lite": 24, "stam_lite_bf16": 20, "stam_lite_int8": 18,
+    "adams": 20,
 }
-UPDATE_OPTIMIZERS = list(BYTES_PER_PARAM)
-TARGETS = {"stam_full": 1.30, "stam_lite": 0.90, "stam_lite_bf16": 0.80, "adams": 0.95}
+# int8 STAMLite is left out of the default set: its update is still 5-7x slower
+# than AdamW on CPU and its temporaries disturb the timing of its neighbours.
+UPDATE_OPTIMIZERS = [k for k in BYTES_PER_PARAM if k != "stam_lite_int8"]
+TARGETS = {"stam_full": 1.30, "stam_lite": 0.90, "stam_lite_bf16": 0.80, "stam_lite_int8": 1.0,
+           "adams": 0.95}
 
 
 def make_tree(name: str) -> dict:
