@@ -110,8 +110,7 @@ def adams(
       mask: pytree or callable choosing the leaves that decay (optax convention).
 
     Example:
-      >>> import jax
-import jax.numpy as jnp
+      >>> import jax.numpy as jnp
       >>> opt = adams(learning_rate=3e-4)
       >>> state = opt.init({"w": jnp.zeros((4, 4))})
     """

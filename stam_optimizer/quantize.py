@@ -15,6 +15,7 @@ moving under small increments that nearest rounding would discard.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -57,17 +58,11 @@ def dequantize(q: QuantizedArray, shape: tuple[int, ...]) -> jax.Array:
     """float32 values of `q`, reshaped to `shape` (the padded tail is dropped)."""
     y = jax.lax.bitcast_convert_type(q.codes, jnp.float8_e4m3fn).astype(jnp.float32)
     flat = (y / E4M3_MAX * q.scales[:, None]).reshape(-1)  # the block maximum decodes exactly
-    size = 1
-    for d in shape:
-        size *= d
-    return flat[:size].reshape(shape)
+    return flat[:math.prod(shape)].reshape(shape)
 
 
 def zeros(shape: tuple[int, ...], block: int = 256) -> QuantizedArray:
     """The quantised zero tensor of `shape`."""
-    size = 1
-    for d in shape:
-        size *= d
-    n_blocks = -(-size // block)
+    n_blocks = -(-math.prod(shape) // block)
     return QuantizedArray(jnp.zeros((n_blocks, block), jnp.uint8),
                           jnp.zeros((n_blocks,), jnp.float32))

@@ -130,9 +130,8 @@ def scale_by_stam(
         mus, nus = treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
         t, dt = state.count, state.sigma2.dtype
         # Tensor statistics of r = g − μ: one fused pass per sum and tensor.
-        (sum_r2, sum_abs_r), gs_in, (mus, nus) = c.tensor_sums(
-            (lambda g, m, _: (g - m) ** 2, lambda g, m, _: jnp.abs(g - m)),
-            gs, [mus, nus], dt)
+        (sum_r2, sum_abs_r), gs_in, (mus,) = c.tensor_sums(
+            (lambda g, m: (g - m) ** 2, lambda g, m: jnp.abs(g - m)), gs, [mus], dt)
         size, nonempty = c.leaf_sizes(gs, dt)
         # The scalar rules of SPEC.md, for all tensors at once (vectors in leaf order).
         sigma2 = b2 * state.sigma2 + (1 - b2) * sum_r2 / size

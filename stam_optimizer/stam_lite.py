@@ -168,7 +168,7 @@ def scale_by_stam_lite(
         a, b, beta1, prod = (
             c.keep_where_empty(nonempty, new, old) for new, old in
             ((a, state.a), (b, state.b), (beta1, state.beta1), (prod, state.beta1_prod)))
-        rms = jnp.sqrt(jnp.maximum(b / bias, 0)) + eps
+        rms = jnp.sqrt(jnp.maximum(b_hat, 0)) + eps
 
         step_key = jax.random.fold_in(jax.random.PRNGKey(seed), t) if stochastic_rounding \
             else None

@@ -57,11 +57,12 @@ def _train(tx, params, grads, place):
     return params, state
 
 
-def _run_both(name, dtype):
+def _run_both(name, dtype, factory=None):
+    factory = factory or FACTORIES[name]
     mesh = _mesh()
     params, grads = _stream(dtype)
-    single = _train(FACTORIES[name](), params, grads, lambda t: jax.tree.map(jnp.asarray, t))
-    sharded = _train(FACTORIES[name](), params, grads, lambda t: {
+    single = _train(factory(), params, grads, lambda t: jax.tree.map(jnp.asarray, t))
+    sharded = _train(factory(), params, grads, lambda t: {
         k: jax.device_put(v, NamedSharding(mesh, _spec(v.shape))) for k, v in t.items()})
     return single, sharded
 
@@ -135,14 +136,8 @@ def test_two_processes_match_one_process(tmp_path):
 def test_int8_state_is_correct_under_sharding():
     # Correct, but not yet memory-proportional: the codes are blocks of the
     # flattened tensor and come out replicated (open in the memory issue).
-    def make():
-        return so.stam_lite(1e-2, state_dtype="int8", min_quantized_size=0)
-
-    mesh = _mesh()
-    params, grads = _stream(np.float32)
-    single = _train(make(), params, grads, lambda t: jax.tree.map(jnp.asarray, t))
-    sharded = _train(make(), params, grads, lambda t: {
-        k: jax.device_put(v, NamedSharding(mesh, _spec(v.shape))) for k, v in t.items()})
+    (p1, _), (p2, _) = _run_both("int8", np.float32, lambda: so.stam_lite(
+        1e-2, state_dtype="int8", min_quantized_size=0))
     for k in SHAPES:
-        a, b = np.asarray(single[0][k], np.float64), np.asarray(sharded[0][k], np.float64)
+        a, b = np.asarray(p1[k], np.float64), np.asarray(p2[k], np.float64)
         assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(a)), k

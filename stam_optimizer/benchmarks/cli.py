@@ -46,8 +46,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_speed(args: argparse.Namespace) -> int:
     trees = [t.strip() for t in args.trees.split(",") if t.strip()]
     for t in trees:
-        if t not in ("small200", "square8", "large64"):
-            _log(f"stam-bench speed: unknown tree {t!r}; choose from small200, square8, large64")
+        if t not in speed.TREES:
+            _log(f"stam-bench speed: unknown tree {t!r}; choose from {', '.join(speed.TREES)}")
             return 2
     out = {"environment": speed.environment(), "update": [], "train_step": [],
            "method": speed.__doc__.strip()}
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("speed", help="time optimizer updates and train steps fairly",
                        description=speed.__doc__)
     p.add_argument("--trees", default="small200,square8,large64",
-                   help="comma-separated trees: small200, square8, large64")
+                   help=f"comma-separated trees: {', '.join(speed.TREES)}")
     p.add_argument("--steps", type=_positive, default=20, help="measured rounds (>= 1)")
     p.add_argument("--warmup", type=_nonnegative, default=3, help="warm-up steps (>= 0)")
     p.add_argument("--train-tasks", default="mlp,transformer",

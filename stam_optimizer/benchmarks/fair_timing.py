@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a file path from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from stam_optimizer.benchmarks import registry, speed  # noqa: E402
+from stam_optimizer.benchmarks.cli import _log  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,9 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     if "adamw" not in names:
         names.append("adamw")
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     runs = [speed.time_train_steps(args.task, names, args.timed_steps, args.warmup_steps,
-                                   seed, log) for seed in range(args.seeds)]
+                                   seed, _log) for seed in range(args.seeds)]
     speed.write_json(args.output, {"environment": speed.environment(), "runs": runs,
                                    "method": speed.__doc__.strip()})
     print(speed.train_table(runs))

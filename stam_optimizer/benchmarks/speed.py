@@ -38,6 +38,9 @@ TARGETS = {"stam_full": 1.30, "stam_lite": 0.90, "stam_lite_bf16": 0.80, "stam_l
            "adams": 0.95}
 
 
+TREES = ("small200", "square8", "large64")
+
+
 def make_tree(name: str) -> dict:
     """The three parameter trees of the speed issue (float32)."""
     if name == "small200":  # ~1M params in 200 leaves of varied shapes
@@ -52,15 +55,25 @@ def make_tree(name: str) -> dict:
         return tree
     if name == "large64":  # ~64M params in four large leaves
         return {f"w{i}": jnp.full((4096, 4096), 0.1, jnp.float32) for i in range(4)}
-    raise ValueError(f"unknown tree {name!r}; choose from small200, square8, large64")
+    raise ValueError(f"unknown tree {name!r}; choose from {', '.join(TREES)}")
 
 
-def _update_step(tx: optax.GradientTransformation) -> Callable:
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+def _compiled_runner(step: Callable, params, state, extra: tuple, warmup: int):
+    """Compiles `step(params, state, *extra) -> (params, state, *rest)` with params
+    and state donated, runs the warm-up, and returns a runner that does one
+    blocking step, the compile time, and the box holding the live values."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, *extra).compile()
+    compile_s = time.perf_counter() - t0
+    box = {"p": params, "s": state, "rest": ()}
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    def run():
+        box["p"], box["s"], *box["rest"] = compiled(box["p"], box["s"], *extra)
+        jax.block_until_ready((box["p"], box["s"]))
+
+    for _ in range(warmup):
+        run()
+    return run, compile_s, box
 
 
 def _interleave(runners: dict[str, Callable[[], None]], steps: int) -> dict[str, np.ndarray]:
@@ -104,20 +117,14 @@ def time_updates(tree_name: str, names: list[str], steps: int, warmup: int,
     runners, compile_s = {}, {}
     for name in names:
         tx = registry.get(name)
+
+        def step(params, state, grads, tx=tx):
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
         params = jax.tree.map(jnp.copy, tree)
-        state = tx.init(params)
-        t0 = time.perf_counter()
-        step = _update_step(tx).lower(params, state, grads).compile()
-        compile_s[name] = time.perf_counter() - t0
-        box = {"p": params, "s": state}
-
-        def run(box=box, step=step):
-            box["p"], box["s"] = step(box["p"], box["s"], grads)
-            jax.block_until_ready((box["p"], box["s"]))
-
-        for _ in range(warmup):
-            run()
-        runners[name] = run
+        runners[name], compile_s[name], _ = _compiled_runner(
+            step, params, tx.init(params), (grads,), warmup)
         log(f"  {tree_name}: compiled {name} in {compile_s[name]:.2f}s")
     times = _interleave(runners, steps)
     result = _summary(times, "adamw")
@@ -194,7 +201,7 @@ def time_train_steps(task: str, names: list[str], steps: int, warmup: int, seed:
                      log: Callable[[str], None]) -> dict:
     """Forward + backward + update of a small model, every optimizer interleaved."""
     params0, loss = TRAIN_TASKS[task](jax.random.PRNGKey(seed))
-    runners, compile_s, losses = {}, {}, {}
+    runners, compile_s, boxes = {}, {}, {}
     for name in names:
         tx = registry.get(name)
 
@@ -204,27 +211,15 @@ def time_train_steps(task: str, names: list[str], steps: int, warmup: int, seed:
             return optax.apply_updates(params, updates), state, value
 
         params = jax.tree.map(jnp.copy, params0)
-        state = tx.init(params)
-        t0 = time.perf_counter()
-        compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state).compile()
-        compile_s[name] = time.perf_counter() - t0
-        box = {"p": params, "s": state, "loss": None}
-
-        def run(box=box, compiled=compiled):
-            box["p"], box["s"], box["loss"] = compiled(box["p"], box["s"])
-            jax.block_until_ready(box["p"])
-
-        for _ in range(warmup):
-            run()
-        runners[name] = run
-        losses[name] = box
+        runners[name], compile_s[name], boxes[name] = _compiled_runner(
+            step, params, tx.init(params), (), warmup)
         log(f"  {task}: compiled {name} in {compile_s[name]:.2f}s")
     times = _interleave(runners, steps)
     baseline = "adamw" if "adamw" in names else names[0]
     result = _summary(times, baseline)
     for name in names:
         result[name]["compile_s"] = compile_s[name]
-        result[name]["final_loss"] = float(losses[name]["loss"])
+        result[name]["final_loss"] = float(boxes[name]["rest"][0])
     return {"task": task, "seed": seed, "baseline": baseline, "optimizers": result}
 
 
