@@ -1,12 +1,42 @@
-"""Blockwise 8-bit storage of a momentum buffer (float8 e4m3 codes, float32 scales).
+"""Blockwise 8-bit storage of a momentum buffer (square-law codes, float32 scales).
 
-A tensor is flattened, padded to whole blocks of `block` elements, and each
-block stored as one float32 scale (its largest |x|) and one byte per element:
-the element divided by the scale, times 448 (the largest e4m3 value), cast to
-float8 e4m3 and kept as its uint8 bit pattern. Zero is exact, a block's largest
-entry is exact, an all-zero block has scale 0 and decodes to zeros. Relative
-rounding error is at most 2⁻⁴ (3 mantissa bits), absolute at most
-scale·2⁻¹⁰/448 near zero (e4m3 subnormals).
+A tensor is flattened, padded with zeros to whole blocks of `block` elements,
+and each block stored as one float32 scale `s` (its largest |x|) and one byte
+per element. The byte holds an integer q in [-127, 127] as `q + 128` (code 0
+is unused) and decodes to `s·sign(q)·(q/127)²`; encoding rounds
+`127·sign(x)·√(|x|/s)` to the nearest integer. Zero is exact (code 128), a
+block's largest entry is exact (q = ±127 decodes to ±s), an all-zero block has
+scale 0 and decodes to zeros, and the padded tail holds zeros. The error is at
+most `√(|x|·s)/127 + s/(4·127²)`: 0.8% of the block maximum at the top, finer
+towards zero; values below `s/254²` (1.6e-5·s) round to 0.
+
+The code map was chosen by measurement (issue #5) from: the float8-e4m3 cast
+of `448·x/s` (the previous format), linear int8 (`round(127·x/s)`), and this
+square law (a signed power map, decoded by squaring). Round-trip errors per
+element on 1M-element float32 tensors, block 256, nearest rounding, in
+percent: the relative error |x̂−x|/|x| over the nonzero entries as
+median / 99th percentile / max, then the RMS error over the RMS value::
+
+    tensor                 float8 e4m3           linear int8           square law (chosen)
+    Gaussian               2.2 / 5.5 / 100, 2.6  0.8 / 93 / 100, 0.7   0.8 / 7.1 / 288, 0.7
+    Student-t, nu = 3      2.2 / 5.5 / 100, 2.3  2.2 / 100 / 100, 1.8  1.3 / 13 / 299, 0.9
+    Gaussian, 0.1% x100    2.2 / 5.5 / 100, 1.0  1.2 / 100 / 100, 3.4  1.0 / 19 / 300, 0.6
+    momentum-like EMA      2.2 / 5.5 / 100, 2.6  0.6 / 31 / 100, 0.6   0.7 / 5.5 / 250, 0.7
+
+(The EMA tensor is 30 steps of a β = 0.9 average of Gaussian gradients with a
+mean, rows scaled by log-normal factors.) A maximum of 100% is an entry
+rounded to zero: 0.0003%–0.004% of the entries for e4m3, 0.6%–6% for linear
+int8, 0.002%–0.03% for the square law; its larger maxima are tiny entries
+rounded up to the smallest code. The square law's RMS error is 1.7–4x below
+e4m3's (whose top binade is coarse: largest error 3.6% of the block maximum
+against 0.8%); linear int8 matches it on Gaussian-like tensors but is 2–6x
+worse with heavy tails or outliers and zeroes many small entries. The square
+law is also as cheap as linear int8, and much cheaper than e4m3, in STAMLite's
+fused update (update time ÷ optax.adamw's on the `stam-bench speed`
+trees square8 / large64): square law 1.41 / 1.38, linear 1.42 / 1.29, e4m3
+through XLA's float8 conversion 3.68 / 3.60, e4m3 decoded with integer bit
+operations 2.96 / 2.89. Decoding is an integer-to-float conversion and two
+multiplications; encoding a square root and a rounding.
 
 Stochastic rounding (optional) rounds up or down to the neighbouring codes with
 probabilities that make the stored value unbiased, so a high-β₁ momentum keeps
@@ -16,12 +46,14 @@ moving under small increments that nearest rounding would discard.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-E4M3_MAX = 448.0
+LEVELS = 127  # largest |q|
+OFFSET = 128  # code of q = 0
 
 
 class QuantizedArray(NamedTuple):
@@ -31,38 +63,133 @@ class QuantizedArray(NamedTuple):
     scales: jax.Array
 
 
-def _e4m3_ulp(y: jax.Array) -> jax.Array:
-    """Spacing of the e4m3 grid at |y| (normals: 2^(e−3); subnormals: 2⁻⁹)."""
-    e = jnp.floor(jnp.log2(jnp.maximum(jnp.abs(y), 2.0**-6)))
-    return jnp.exp2(e - 3)
+def signed_levels(codes: jax.Array) -> jax.Array:
+    """The integers q in [-127, 127] held by `codes`, as float32."""
+    return (codes.astype(jnp.int32) - OFFSET).astype(jnp.float32)
+
+
+def signed_squares(codes: jax.Array) -> jax.Array:
+    """`q·|q|` in [-127², 127²] for `codes`: the stored value is `scale·q·|q|/127²`."""
+    q = signed_levels(codes)
+    return q * jnp.abs(q)
+
+
+def decode_unit(codes: jax.Array) -> jax.Array:
+    """Codes to their values in [-1, 1] (times the block scale gives the stored value)."""
+    w = signed_levels(codes) * (1.0 / LEVELS)  # exactly ±1 at q = ±127
+    return w * jnp.abs(w)
+
+
+def encode_squares(z: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    """Codes of `z = 127²·value/scale` (|z| ≤ 127², larger values are clipped).
+
+    Nearest rounding picks `q = round(√|z|)`. With `key`, |z| is rounded to one
+    of the neighbouring squares `lo²`, `(lo+1)²` with the probabilities that
+    make the expected decoded value equal to z. The clipping is done on the
+    integer (a NaN z gives some valid code), with the sign applied after.
+    """
+    a = jnp.abs(z)
+    r = jnp.sqrt(a)
+    if key is None:
+        q = jnp.round(r)
+    else:
+        lo = jnp.floor(r)
+        q = lo + (jax.random.uniform(key, z.shape, r.dtype) * (2 * lo + 1) < a - lo * lo)
+    q = jnp.clip(q.astype(jnp.int32), 0, LEVELS)
+    return (jnp.where(z < 0, -q, q) + OFFSET).astype(jnp.uint8)
+
+
+def blocks(x: jax.Array, block: int) -> jax.Array:
+    """`x` flattened, zero-padded to whole blocks and viewed as (n_blocks, block)."""
+    flat = x.reshape(-1)
+    pad = (-flat.size) % block
+    if pad:
+        flat = jnp.pad(flat, (0, pad))
+    return flat.reshape(-1, block)
+
+
+def _split(block: int) -> int:
+    """Column-group width for `block_absmax`: 16 where it divides `block` (measured
+    fastest for blocks of 64 to 2048), else the divisor d with fewest slices."""
+    if block % 16 == 0:
+        return 16
+    return min((d for d in range(1, block + 1) if block % d == 0),
+               key=lambda d: (block // d + d, abs(d - 16)))
+
+
+def _pairwise_max(parts: list[jax.Array]) -> jax.Array:
+    while len(parts) > 1:
+        parts = [jnp.maximum(*parts[i:i + 2]) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def block_absmax(columns: Callable[[int, int], jax.Array], block: int) -> jax.Array:
+    """Per block, the largest |value|, with `columns(lo, hi)` giving the values of
+    block columns lo..hi−1 as (n_blocks, hi − lo).
+
+    Same result as `jnp.max(jnp.abs(values), axis=1)`, NaN included, but built
+    from elementwise maxima of column groups, which XLA:CPU compiles into two
+    plain vectorised loops: groups first, then the columns of the result. A
+    reduction op would go to XLA:CPU's tiled reduction kernel, which pays a
+    sweep for every elementwise op fused into it (measured 2x slower here, and
+    10x on tensors of ≥ 8M elements when an op follows the reduction). Taking
+    the columns from a callable lets the caller build each group from slices of
+    its inputs, so that XLA need not materialise the whole `values` array. The
+    maxima compare the bit patterns as integers, which orders non-negative
+    floats (NaN above +Inf) in one instruction instead of three.
+    """
+    width = _split(block)
+
+    def bits(x: jax.Array) -> jax.Array:
+        x = jnp.abs(x)
+        return jax.lax.bitcast_convert_type(x, jnp.dtype(f"int{8 * x.dtype.itemsize}"))
+
+    partial = _pairwise_max([bits(columns(j, j + width)) for j in range(0, block, width)])
+    top = _pairwise_max([partial[:, j] for j in range(width)])
+    return jax.lax.bitcast_convert_type(top, jnp.dtype(f"float{8 * top.dtype.itemsize}"))
+
+
+def safe_scales(scales: jax.Array) -> jax.Array:
+    """Block scales with 0 replaced by 1, to divide by (an all-zero block stays zero)."""
+    return jnp.where(scales > 0, scales, 1.0)
+
+
+def encode_blocks(values: jax.Array, scales: jax.Array,
+                  key: jax.Array | None = None) -> jax.Array:
+    """uint8 codes of `values` (n_blocks, block) against the block `scales`."""
+    # 1/scale first: 127²/scale would overflow for scales below 5e-35.
+    return encode_squares(values * (1 / safe_scales(scales))[:, None] * LEVELS**2, key)
+
+
+def decode_blocks(q: QuantizedArray) -> jax.Array:
+    """float32 values of `q`, as (n_blocks, block) with the padded tail."""
+    return decode_unit(q.codes) * q.scales[:, None]
 
 
 def quantize(x: jax.Array, block: int = 256, key: jax.Array | None = None) -> QuantizedArray:
     """Quantises `x` (any shape) blockwise; `key` switches on stochastic rounding."""
-    flat = x.reshape(-1).astype(jnp.float32)
-    pad = (-flat.size) % block
-    blocks = jnp.pad(flat, (0, pad)).reshape(-1, block)
-    scales = jnp.max(jnp.abs(blocks), axis=1)
-    safe = jnp.where(scales > 0, scales, 1.0)
-    y = blocks / safe[:, None] * E4M3_MAX
-    if key is not None:
-        ulp = _e4m3_ulp(y)
-        lower = jnp.floor(y / ulp) * ulp  # a grid point at or below y
-        y = lower + ulp * (jax.random.uniform(key, y.shape) < (y - lower) / ulp)
-        y = jnp.clip(y, -E4M3_MAX, E4M3_MAX)
-    codes = jax.lax.bitcast_convert_type(y.astype(jnp.float8_e4m3fn), jnp.uint8)
-    return QuantizedArray(codes, scales)
+    values = blocks(x.astype(jnp.float32), block)
+    scales = block_absmax(lambda lo, hi: values[:, lo:hi], block)
+    return QuantizedArray(encode_blocks(values, scales, key), scales)
+
+
+def unblock(values: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Inverse of `blocks`: drops the padded tail and reshapes to `shape`."""
+    flat = values.reshape(-1)
+    size = math.prod(shape)
+    if flat.size != size:
+        flat = flat[:size]
+    return flat.reshape(shape)
 
 
 def dequantize(q: QuantizedArray, shape: tuple[int, ...]) -> jax.Array:
     """float32 values of `q`, reshaped to `shape` (the padded tail is dropped)."""
-    y = jax.lax.bitcast_convert_type(q.codes, jnp.float8_e4m3fn).astype(jnp.float32)
-    flat = (y / E4M3_MAX * q.scales[:, None]).reshape(-1)  # the block maximum decodes exactly
-    return flat[:math.prod(shape)].reshape(shape)
+    return unblock(decode_blocks(q), shape)
 
 
 def zeros(shape: tuple[int, ...], block: int = 256) -> QuantizedArray:
     """The quantised zero tensor of `shape`."""
     n_blocks = -(-math.prod(shape) // block)
-    return QuantizedArray(jnp.zeros((n_blocks, block), jnp.uint8),
+    return QuantizedArray(jnp.full((n_blocks, block), OFFSET, jnp.uint8),
                           jnp.zeros((n_blocks,), jnp.float32))

@@ -50,6 +50,47 @@ def _validate(b1_base, eps, adapt_strength, moment_decay, beta1_update_interval,
         c.check_b1_min(b1_min, b1_base)
 
 
+def _requantize(mu: qz.QuantizedArray, g: jax.Array, beta1: jax.Array, count: jax.Array,
+                key: jax.Array | None, dt: jnp.dtype) -> qz.QuantizedArray:
+    """The int8 momentum `β₁·μ + (1−β₁)·g` (g sanitised), re-encoded in place.
+
+    Three passes over the tensor, each a single vectorised XLA:CPU loop: block
+    maxima of the mix (`quantize.block_absmax`, from slices of codes and g, no
+    reduction op), the new codes, written over the old ones, and later the
+    caller's update, which decodes the new codes. The mix is
+    `k·q·|q| + (1−β₁)·g` with `k = β₁·scale/127²` per block.
+
+    The work runs as the body of a `while_loop` that XLA cannot prove runs
+    once. Written plainly, XLA fuses the encoder into every consumer of the new
+    codes as well (on CPU, fusion ignores optimization barriers): the update
+    would then re-read the old codes and g, and the old codes would be copied
+    before being overwritten. The loop boundary makes the update read the
+    stored codes instead (measured 10–30% faster than the plain form). β₁ rides in
+    the loop carry, changed by a no-op `where`, so that XLA does not hoist the
+    g term out of the loop into a full-size temporary.
+    """
+    block = mu.codes.shape[1]
+    g_blocks = qz.blocks(g, block)
+
+    def body(carry):
+        i, codes, scales, b = carry
+        k = (b / qz.LEVELS**2 * scales.astype(dt))[:, None]
+
+        def mix(codes, g_blocks):
+            g_part = (1 - b) * g_blocks.astype(dt)  # finite iff g is (β₁ < 1)
+            return (k * qz.signed_squares(codes).astype(dt)
+                    + jnp.where(jnp.isfinite(g_part), g_part, 0))
+
+        new = qz.block_absmax(lambda lo, hi: mix(codes[:, lo:hi], g_blocks[:, lo:hi]), block)
+        codes = qz.encode_blocks(mix(codes, g_blocks), new, key)
+        return i + 1, codes, new.astype(jnp.float32), jnp.where(i < 0, 2 * b, b)
+
+    once = (count >= 0).astype(jnp.int32)  # 1 (the step count is never negative)
+    _, codes, scales, _ = jax.lax.while_loop(lambda carry: carry[0] < once, body,
+                                             (jnp.int32(0), mu.codes, mu.scales, beta1))
+    return qz.QuantizedArray(codes, scales)
+
+
 def scale_by_stam_lite(
     b1_base: float = 0.9,
     eps: float = 1e-8,
@@ -104,9 +145,10 @@ def scale_by_stam_lite(
         β₁ close to 1, where nearest rounding can freeze small entries of μ.
       seed: seed of the stochastic rounding.
 
-    The "int8" state keeps μ as `quantize.QuantizedArray` (float8-e4m3 codes as
-    uint8 plus a float32 scale per block); the update decodes μ to float32,
-    mixes in g, re-encodes, and uses the stored value, all in the one step.
+    The "int8" state keeps μ as `quantize.QuantizedArray` (square-law codes as
+    uint8 plus a float32 scale per block, see `quantize`); the update decodes μ
+    to float32, mixes in g, re-encodes, and uses the stored value, all in the one
+    step.
     Under `optax.inject_hyperparams` list the int8 options in `static_args`.
 
     Example:
@@ -174,15 +216,13 @@ def scale_by_stam_lite(
             else None
 
         def leaf_update(g, mu, beta1, prod, rms, index):
-            g = c.sanitize(g, dt)
             if isinstance(mu, qz.QuantizedArray):  # int8: decode, mix, re-encode
                 key = None if step_key is None else jax.random.fold_in(step_key, index)
-                mu = qz.quantize(beta1 * qz.dequantize(mu, g.shape) + (1 - beta1) * g,
-                                 block_size, key)
-                stored = qz.dequantize(jax.lax.optimization_barrier(mu), g.shape)
-            else:
-                mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
-                stored = c.read_back(mu, dt)  # the stored μ (see c.read_back)
+                mu = _requantize(mu, g, beta1, t, key, dt)
+                return qz.dequantize(mu, g.shape).astype(dt) / (1 - prod) / rms, mu
+            g = c.sanitize(g, dt)
+            mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
+            stored = c.read_back(mu, dt)  # the stored μ (see c.read_back)
             return stored / (1 - prod) / rms, mu
 
         index = jnp.arange(len(gs), dtype=jnp.int32)
