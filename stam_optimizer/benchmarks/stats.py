@@ -1,0 +1,156 @@
+"""Statistics of the benchmark: confidence intervals, paired tests, Holm, verdicts.
+
+Every comparison in `stam-bench` is paired: two optimizers run on the same seeds,
+and the per-seed differences are what gets tested. Lower metric is better
+everywhere, and a difference is always `candidate - baseline`, so a negative
+difference means the candidate did better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from scipy import stats as sps
+
+NAN = float("nan")
+
+
+class PairedDiff(NamedTuple):
+    """Mean of the per-seed differences `a - b`, its CI, the paired t-test p-value
+    and the number of pairs."""
+
+    mean: float
+    lo: float
+    hi: float
+    p_value: float
+    n: int
+
+
+def _as_float_array(x) -> np.ndarray:
+    """A 1-D float array; `None` entries become nan."""
+    return np.asarray([NAN if v is None else v for v in np.ravel(np.asarray(x, dtype=object))],
+                      dtype=float)
+
+
+def mean_ci(x, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval of `x`.
+
+    Fewer than two values give `(mean, nan, nan)` (nan mean if there are none);
+    any non-finite value makes all three nan, because a diverged run has no mean.
+    """
+    a = _as_float_array(x)
+    if a.size == 0 or not np.all(np.isfinite(a)):
+        return NAN, NAN, NAN
+    mean = float(a.mean())
+    if a.size < 2:
+        return mean, NAN, NAN
+    half = float(sps.t.ppf(0.5 + confidence / 2, a.size - 1)) * float(a.std(ddof=1)) / math.sqrt(
+        a.size)
+    return mean, mean - half, mean + half
+
+
+def paired_difference(a, b, confidence: float = 0.95) -> PairedDiff:
+    """Paired comparison of `a` and `b` (same seed at the same index).
+
+    Returns the mean of `a - b` with its Student-t CI and the two-sided paired
+    t-test p-value. Non-finite values make every field nan. When all differences
+    are equal the test is degenerate: the p-value is 0 if they are non-zero and 1
+    if they are all zero, and the CI has zero width.
+    """
+    x, y = _as_float_array(a), _as_float_array(b)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples need equal lengths, got {x.size} and {y.size}")
+    n = int(x.size)
+    d = x - y
+    if n == 0 or not np.all(np.isfinite(d)):
+        return PairedDiff(NAN, NAN, NAN, NAN, n)
+    mean = float(d.mean())
+    if n < 2:
+        return PairedDiff(mean, NAN, NAN, NAN, n)
+    if np.all(d == d[0]):
+        return PairedDiff(mean, mean, mean, 0.0 if mean != 0 else 1.0, n)
+    res = sps.ttest_rel(x, y)
+    ci = res.confidence_interval(confidence)
+    return PairedDiff(mean, float(ci.low), float(ci.high), float(res.pvalue), n)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values, in the input order.
+
+    Step-down: the i-th smallest of m p-values is multiplied by `m - i + 1`, the
+    running maximum keeps the adjusted values monotone, and they are capped at 1.
+    nan entries stay nan and do not count in m.
+    """
+    p = _as_float_array(p_values)
+    out = np.full(p.shape, NAN)
+    idx = np.flatnonzero(~np.isnan(p))
+    if idx.size == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m = order.size
+    scaled = p[order] * (m - np.arange(m))
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out
+
+
+def verdict(diff: PairedDiff, p_adjusted: float, min_effect: float, alpha: float = 0.05) -> str:
+    """"win", "loss", "tie" or "inconclusive" for `diff = candidate - baseline`.
+
+    win/loss: significant (`p_adjusted < alpha`) and at least `min_effect` better/
+    worse on average; tie: the whole CI lies within ±`min_effect`; anything else,
+    and any nan, is inconclusive.
+    """
+    values = (diff.mean, diff.lo, diff.hi, p_adjusted, min_effect)
+    if any(v is None or not math.isfinite(v) for v in values):
+        return "inconclusive"
+    if p_adjusted < alpha and diff.mean <= -min_effect:
+        return "win"
+    if p_adjusted < alpha and diff.mean >= min_effect:
+        return "loss"
+    if -min_effect <= diff.lo and diff.hi <= min_effect:
+        return "tie"
+    return "inconclusive"
+
+
+def steps_to_target(eval_steps, curve, target) -> int | None:
+    """The first eval step whose value is `<= target`; None if never (non-finite
+    values never count)."""
+    if target is None or not math.isfinite(float(target)):
+        return None
+    for step, value in zip(eval_steps, curve):
+        if value is not None and math.isfinite(float(value)) and float(value) <= float(target):
+            return int(step)
+    return None
+
+
+def performance_profile(costs: Mapping[str, Sequence[float | None]],
+                        taus) -> dict[str, np.ndarray]:
+    """Performance profiles in the AlgoPerf style.
+
+    `costs[opt][task]` is the number of steps `opt` needed to reach the task's
+    target (None or inf: never). Per task, each cost is divided by the best cost
+    on that task; `profile[opt][i]` is the fraction of tasks whose ratio is
+    `<= taus[i]`. Tasks that no optimizer solved are dropped (all-nan profiles if
+    none is left). A cost of 0 counts as 1 step so that ratios stay finite.
+    """
+    names = list(costs)
+    taus = np.asarray(taus, dtype=float)
+    if not names:
+        return {}
+    rows = [_as_float_array(costs[n]) for n in names]
+    if len({r.size for r in rows}) != 1:
+        raise ValueError("every optimizer needs one cost per task (equal lengths)")
+    table = np.array(rows)
+    table = np.where(np.isnan(table), np.inf, table)
+    if np.any(table < 0):
+        raise ValueError("costs must be >= 0")
+    table = np.maximum(table, 1.0)
+    solved = np.isfinite(table).any(axis=0)
+    if not solved.any():
+        return {n: np.full(taus.shape, NAN) for n in names}
+    table = table[:, solved]
+    ratios = table / table.min(axis=0, keepdims=True)
+    return {n: (ratios[i][None, :] <= taus[:, None]).mean(axis=1) for i, n in enumerate(names)}
