@@ -1,0 +1,246 @@
+"""Optimizer-state memory benchmark (`stam-bench memory`) and the 0.1.0 resource report.
+
+Expected byte counts are rebuilt here from the shapes and from the storage rules
+(float32 moments, bfloat16, blockwise int8 with one float32 scale per 256 values,
+tensors under 4096 elements kept float32), not read back from memory.py.
+"""
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stam_optimizer.benchmarks import memory, registry
+from stam_optimizer.stam_lite import ScaleByStamLiteState
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK, MIN_QUANTIZED = 256, 4096
+
+
+def _abstract(shapes: dict) -> dict:
+    return {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+
+
+def _n(shapes) -> int:
+    return sum(math.prod(s) for s in shapes)
+
+
+def _stam_lite_scalar_bytes(params) -> int:
+    """Bytes of every field of STAMLite's state except μ, read off its NamedTuple."""
+    state = jax.eval_shape(registry.get("stam_lite_int8").init, params)
+    (lite,) = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(
+        x, ScaleByStamLiteState)) if isinstance(s, ScaleByStamLiteState)]
+    total = 0
+    for field in ScaleByStamLiteState._fields:
+        if field == "mu":
+            continue
+        x = getattr(lite, field)
+        total += math.prod(x.shape) * np.dtype(x.dtype).itemsize
+    # Nothing else in the chain holds arrays (weight decay and the learning rate are
+    # stateless), so the whole state is μ plus these fields.
+    assert len(jax.tree.leaves(state)) == len(jax.tree.leaves(lite))
+    return total
+
+
+def _int8_mu_bytes(size: int) -> int:
+    if size < MIN_QUANTIZED:
+        return 4 * size
+    blocks = -(-size // BLOCK)
+    return blocks * BLOCK + 4 * blocks
+
+
+def test_abstract_state_bytes_match_a_real_init():
+    shapes = {"w": (40, 30), "b": (30,), "big": (70, 80)}
+    params = {k: jnp.ones(s) for k, s in shapes.items()}
+    for name in registry.OPTIMIZERS:
+        real = sum(x.nbytes for x in jax.tree.leaves(registry.get(name).init(params)))
+        assert memory.state_bytes(registry.get(name), _abstract(shapes)) == real, name
+
+
+def test_adamw_state_is_two_float32_moments():
+    shapes = {"w": (300, 70), "b": (70,), "v": (5,)}
+    n = _n(shapes.values())
+    extra = memory.state_bytes(registry.get("adamw"), _abstract(shapes)) - 2 * 4 * n
+    assert 0 < extra <= 16 and extra % 4 == 0  # a step counter, nothing param-sized
+    # The model zoo: small_mlp 64-128-64 counted from its layer sizes.
+    n_small = 64 * 128 + 128 + 128 * 64 + 64
+    assert memory.param_count(memory.small_mlp()) == n_small
+    got = memory.state_bytes(registry.get("adamw"), memory.small_mlp())
+    assert 0 < got - 8 * n_small <= 16
+
+
+def test_zoo_sizes_match_the_0_1_0_report():
+    # 0.1.0 printed AdamW state 0.13MB, 192.07MB and 512.06MB (MB = 2**20 bytes).
+    for model, mb in (("small_mlp", "0.13"), ("medium_mlp", "192.07"),
+                      ("wide_linear", "512.06")):
+        got = memory.state_bytes(registry.get("adamw"), memory.get_model(model)) / 2**20
+        assert f"{got:.2f}" == mb, model
+
+
+def test_stam_lite_float_state_bytes_per_param():
+    params = memory.wide_linear()
+    n = memory.param_count(params)
+    f32 = memory.state_bytes(registry.get("stam_lite"), params) / n
+    bf16 = memory.state_bytes(registry.get("stam_lite_bf16"), params) / n
+    assert 4.0 < f32 < 4.0 + 1e-4
+    assert 2.0 < bf16 < 2.0 + 1e-4
+    # Exactly: μ plus the same per-tensor scalars in both.
+    scalars = _stam_lite_scalar_bytes(params)
+    assert f32 * n == 4 * n + scalars and bf16 * n == 2 * n + scalars
+
+
+@pytest.mark.parametrize("size", [5000, 77000, 256 * 40])
+def test_int8_state_of_one_big_leaf_is_exact(size):
+    params = _abstract({"w": (size,)})
+    blocks = math.ceil(size / 256)
+    expected = blocks * 256 + 4 * blocks + _stam_lite_scalar_bytes(params)
+    assert memory.state_bytes(registry.get("stam_lite_int8"), params) == expected
+
+
+def test_int8_transformer_counts_small_float32_leaves_and_meets_target():
+    params = memory.transformer()
+    sizes = [math.prod(x.shape) for x in jax.tree.leaves(params)]
+    assert any(s < MIN_QUANTIZED for s in sizes)  # biases and norms are there
+    n = sum(sizes)
+    expected = sum(_int8_mu_bytes(s) for s in sizes) + _stam_lite_scalar_bytes(params)
+    got = memory.state_bytes(registry.get("stam_lite_int8"), params)
+    assert got == expected
+    assert 1 + 4 / 256 < got / n <= 1.10
+    assert memory.state_bytes(registry.get("adamw"), params) / got >= 7.3
+    target = memory.int8_target()
+    assert target["passed"] and target["bytes_per_param"] == pytest.approx(got / n)
+    assert memory.target_line(target).startswith("PASS")
+
+
+def test_state_rows_ratios():
+    rows = memory.state_rows(["small_mlp"], ["adamw", "stam_lite", "sgd_momentum"])
+    by = {r["optimizer"]: r for r in rows}
+    assert by["adamw"]["ratio_to_adamw"] == 1.0
+    for r in rows:
+        assert r["ratio_to_adamw"] == r["state_bytes"] / by["adamw"]["state_bytes"]
+        assert r["bytes_per_param"] == r["state_bytes"] / r["params"]
+    assert by["sgd_momentum"]["ratio_to_adamw"] == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", ["adamw", "stam_lite_int8"])
+def test_compiled_memory_donation(name):
+    params = memory.small_mlp()
+    tx = registry.get(name)
+    state = jax.eval_shape(tx.init, params)
+    p_bytes, s_bytes = memory.tree_bytes(params), memory.tree_bytes(state)
+    plain = memory.compiled_memory(tx, params, donate=False)
+    donated = memory.compiled_memory(tx, params, donate=True)
+    for r in (plain, donated):
+        assert r["argument"] == 2 * p_bytes + s_bytes  # params, grads, state
+        # Outputs: new params and state, plus XLA's result tuple (a pointer per buffer).
+        leaves = len(jax.tree.leaves((params, state)))
+        assert p_bytes + s_bytes <= r["output"] <= p_bytes + s_bytes + 8 * leaves
+        assert r["total"] == r["argument"] + r["output"] - r["alias"] + r["temp"]
+    assert plain["alias"] == 0
+    assert 0 < donated["alias"] <= p_bytes + s_bytes
+    assert donated["alias"] >= p_bytes  # at least the params are updated in place
+    assert donated["total"] <= plain["total"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="stam-bench memory")
+    memory.add_arguments(ap)
+    return ap
+
+
+def test_cli_run_writes_json_and_tables(tmp_path, capsys):
+    out = tmp_path / "sub" / "memory.json"
+    args = _parser().parse_args(["--models", "small_mlp,transformer", "--optimizers",
+                                 "stam_lite_int8,stam_lite", "--compiled-model", "small_mlp",
+                                 "--output", str(out)])
+    assert memory.run(args) == 0
+    data = json.loads(out.read_text())
+    assert data["environment"]["jax"] == jax.__version__
+    rows = data["rows"]
+    # adamw is measured as the reference even when not asked for.
+    assert {(r["model"], r["optimizer"]) for r in rows} == {
+        (m, o) for m in ("small_mlp", "transformer")
+        for o in ("stam_lite_int8", "stam_lite", "adamw")}
+    for r in rows:
+        assert {"model", "optimizer", "params", "state_bytes", "bytes_per_param",
+                "ratio_to_adamw"} <= set(r)
+    assert len(data["compiled"]) == 6
+    for r in data["compiled"]:
+        assert {"model", "optimizer", "donated", "argument", "output", "alias", "temp",
+                "total"} <= set(r)
+        assert r["model"] == "small_mlp"
+    assert data["int8_target"]["passed"] is True
+    printed = capsys.readouterr().out
+    int8 = next(r for r in rows if r["model"] == "transformer"
+                and r["optimizer"] == "stam_lite_int8")
+    assert f"| stam_lite_int8 | {rows[0]['bytes_per_param']:.3f}" in printed
+    assert f"{int8['bytes_per_param']:.3f}" in printed
+    assert re.search(r"^PASS: stam_lite_int8 on transformer = 1\.0\d+ bytes/param", printed,
+                     re.M)
+    assert "| small_mlp | adamw | yes |" in printed
+
+
+def test_cli_no_compiled(tmp_path):
+    out = tmp_path / "m.json"
+    args = _parser().parse_args(["--models", "small_mlp", "--optimizers", "adamw",
+                                 "--no-compiled", "--output", str(out)])
+    assert memory.run(args) == 0
+    assert json.loads(out.read_text())["compiled"] == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "small_mlp,huge_mlp"], "unknown model 'huge_mlp'; choose from small_mlp"),
+    (["--models", ","], "no model named"),
+    (["--compiled-model", "resnet"], "unknown model 'resnet'"),
+    (["--optimizers", "adamx"], "unknown optimizer 'adamx'"),
+])
+def test_bad_arguments_give_clear_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        _parser().parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resource_report_file_path_form(tmp_path):
+    out = tmp_path / "resource_report.json"
+    proc = subprocess.run(
+        [sys.executable, "stam_optimizer/benchmarks/resource_report.py", "--models",
+         "small_mlp,transformer", "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    # The line 0.1.0 printed for small_mlp.
+    assert lines[0] == "small_mlp: AdamW state=0.13MB, STAM state=0.13MB, ratio=1.0005x"
+    data = json.loads(out.read_text())
+    pattern = re.compile(r"^(\w+): AdamW state=([\d.]+)MB, (.+) state=([\d.]+)MB, "
+                         r"ratio=([\d.]+)x$")
+    parsed = [pattern.match(line) for line in lines if line.startswith(("small", "trans"))]
+    assert len(parsed) == 8 and all(parsed)
+    labels = [m.group(3) for m in parsed[:4]]
+    assert labels == ["STAM", "STAMLite float32", "STAMLite bf16", "STAMLite int8"]
+    for entry in data["models"]:
+        for v in entry["variants"].values():
+            m = next(m for m in parsed if m.group(1) == entry["model"]
+                     and m.group(3) == v["label"])
+            assert float(m.group(5)) == pytest.approx(
+                v["state_bytes"] / entry["adamw_state_bytes"], abs=5e-5)
+            assert float(m.group(4)) == pytest.approx(v["state_bytes"] / 2**20, abs=5e-3)
+    int8 = data["models"][1]["variants"]["stam_lite_int8"]
+    assert data["models"][1]["model"] == "transformer" and int8["bytes_per_param"] <= 1.10
+
+
+def test_resource_report_rejects_unknown_model(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "stam_optimizer/benchmarks/resource_report.py", "--models", "vgg",
+         "--output", str(tmp_path / "r.json")], cwd=ROOT, capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 2 and "unknown model 'vgg'" in proc.stderr
+    assert not (tmp_path / "r.json").exists()
