@@ -1,15 +1,22 @@
 """`stam-bench`: the benchmark command line.
 
-    stam-bench list                 optimizers of the registry
+    stam-bench quick                every suite at small size, then the report (~5 min)
+    stam-bench full                 every suite, every optimizer, then the report
+    stam-bench run SUITE...         chosen suites (--size tiny|quick|full)
+    stam-bench report               rebuild report.md and plots from a results folder
+    stam-bench list                 optimizers, tasks and suites
     stam-bench speed [options]      update-only and train-step timing
+    stam-bench memory [options]     optimizer-state bytes and compiled step memory
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from stam_optimizer.benchmarks import registry, speed
+from stam_optimizer.benchmarks import memory, programme, registry, speed
+from stam_optimizer.benchmarks.tasks import SUITES, TASKS
 
 
 def _log(msg: str) -> None:
@@ -38,8 +45,56 @@ def _names(text: str) -> list[str]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    for name in registry.OPTIMIZERS:
-        print(name)
+    print("optimizers:", ", ".join(registry.OPTIMIZERS))
+    print("tasks:", ", ".join(TASKS))
+    print("suites:")
+    for name, suite in SUITES.items():
+        print(f"  {name:<13} {suite.description}")
+    return 0
+
+
+def _suite(text: str) -> str:
+    if text not in SUITES:
+        raise argparse.ArgumentTypeError(f"unknown suite {text!r}; choose from "
+                                         f"{', '.join(SUITES)}")
+    return text
+
+
+def _programme(args: argparse.Namespace, suites: list[str], size: str) -> int:
+    out = Path(args.out or f"results/{size}")
+    _log(f"stam-bench: suites {', '.join(suites)} at size {size} -> {out}")
+    counts = programme.run_programme(suites, size, out, data_dir=args.data_dir,
+                                     optimizers=args.optimizers, workers=args.workers,
+                                     force=args.force, log=_log)
+    _log(f"runs: {counts['done']} done, {counts['skipped']} kept from before, "
+         f"{counts['failed']} failed, {counts['missing_data']} tasks without data; "
+         f"{counts['seconds']:.0f}s")
+    if not args.no_report:
+        from stam_optimizer.benchmarks import report
+
+        print(f"report: {report.build_report(out)}")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_quick(args: argparse.Namespace) -> int:
+    return _programme(args, list(SUITES), "quick")
+
+
+def cmd_full(args: argparse.Namespace) -> int:
+    return _programme(args, list(SUITES), "full")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _programme(args, args.suites, args.size)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from stam_optimizer.benchmarks import report
+
+    if not (Path(args.results) / "runs").is_dir():
+        _log(f"stam-bench report: no runs/ folder in {args.results}; run stam-bench first")
+        return 2
+    print(f"report: {report.build_report(args.results, args.out_dir)}")
     return 0
 
 
@@ -71,9 +126,43 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="stam-bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="stam-bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="list the optimizers of the registry")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", default=None,
+                        help="results folder (default results/<size>); re-running resumes")
+    common.add_argument("--data-dir", type=Path, default=None,
+                        help="folder with MNIST / Fashion-MNIST / CIFAR-10 files (images suite)")
+    common.add_argument("--optimizers", type=_names, default=None,
+                        help="comma-separated registry names (default: the suite's set)")
+    common.add_argument("--workers", type=_positive, default=2,
+                        help="jobs compiled and run at once (default 2)")
+    common.add_argument("--force", action="store_true", help="re-run finished runs too")
+    common.add_argument("--no-report", action="store_true", help="do not build the report")
+    p = sub.add_parser("quick", parents=[common], help="every suite at small size (~5 min)",
+                       description="Every suite at small size with the quick optimizer set "
+                                   "(STAM, STAMLite, AdamW and what each suite's question "
+                                   "needs), then the report.")
+    p.set_defaults(func=cmd_quick)
+    p = sub.add_parser("full", parents=[common], help="every suite, every optimizer",
+                       description="Every suite at full size with every optimizer of the "
+                                   "registry, then the report.")
+    p.set_defaults(func=cmd_full)
+    p = sub.add_parser("run", parents=[common], help="run chosen suites",
+                       description="Runs the named suites: " + ", ".join(SUITES))
+    p.add_argument("suites", nargs="+", type=_suite, metavar="SUITE")
+    p.add_argument("--size", choices=list(programme.GRIDS), default="quick")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("report", help="build report.md and plots from a results folder")
+    p.add_argument("--results", default="results/quick", help="results folder to read")
+    p.add_argument("--out-dir", default=None, help="where to write (default: --results)")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("memory", help="optimizer-state bytes per parameter",
+                       description=memory.__doc__)
+    memory.add_arguments(p)
+    p.set_defaults(func=memory.run)
+    p = sub.add_parser("list", help="list optimizers, tasks and suites")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("speed", help="time optimizer updates and train steps fairly",
                        description=speed.__doc__)

@@ -1,8 +1,11 @@
 """The optimizer registry: every benchmark builds its optimizers from here.
 
-Adding an optimizer is one line: a name and a factory `learning_rate -> optax
-transformation`. Decoupled weight decay is 0.01 wherever an optimizer has it, so
-that no optimizer gets a different regulariser by default.
+Adding an optimizer is one line: a name and a factory `(learning_rate,
+weight_decay) -> optax transformation`. Decoupled weight decay is 0.01 wherever an
+optimizer has it, so that no optimizer gets a different regulariser by default;
+optimizers without weight decay ignore the argument. `DECOUPLED_WD` names the
+ones whose update is `-lr * (direction + weight_decay * params)`, which the
+learning-rate x weight-decay sweep can vary inside one compiled program.
 """
 
 from __future__ import annotations
@@ -15,30 +18,37 @@ import stam_optimizer as so
 
 WD = 0.01
 
-OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
-    "stam_full": lambda lr: so.stam(lr, weight_decay=WD),
-    "stam_lite": lambda lr: so.stam_lite(lr, weight_decay=WD),
-    "stam_lite_bf16": lambda lr: so.stam_lite(lr, weight_decay=WD, state_dtype="bfloat16"),
-    "stam_lite_int8": lambda lr: so.stam_lite(lr, weight_decay=WD, state_dtype="int8"),
-    "stam_fixed": lambda lr: so.stam(lr, weight_decay=WD, adapt_strength=0.0),
-    "stam_const_beta": lambda lr: so.stam(lr, weight_decay=WD, b1_base=0.81, adapt_strength=0.0),
-    "adamw": lambda lr: optax.adamw(lr, weight_decay=WD),
-    "adam": lambda lr: optax.adam(lr),
-    "nadam": lambda lr: optax.nadam(lr),
-    "lamb": lambda lr: optax.lamb(lr, weight_decay=WD),
-    "sgd_momentum": lambda lr: optax.sgd(lr, momentum=0.9),
-    "rmsprop": lambda lr: optax.rmsprop(lr),
-    "adagrad": lambda lr: optax.adagrad(lr),
-    "lion": lambda lr: optax.lion(lr, weight_decay=WD),
-    "adams": lambda lr: so.adams(lr, weight_decay=WD),
+Factory = Callable[..., optax.GradientTransformation]
+
+OPTIMIZERS: dict[str, Factory] = {
+    "stam_full": lambda lr, wd=WD: so.stam(lr, weight_decay=wd),
+    "stam_lite": lambda lr, wd=WD: so.stam_lite(lr, weight_decay=wd),
+    "stam_lite_bf16": lambda lr, wd=WD: so.stam_lite(lr, weight_decay=wd, state_dtype="bfloat16"),
+    "stam_lite_int8": lambda lr, wd=WD: so.stam_lite(lr, weight_decay=wd, state_dtype="int8"),
+    "stam_fixed": lambda lr, wd=WD: so.stam(lr, weight_decay=wd, adapt_strength=0.0),
+    "stam_const_beta": lambda lr, wd=WD: so.stam(lr, weight_decay=wd, b1_base=0.81,
+                                                 adapt_strength=0.0),
+    "adamw": lambda lr, wd=WD: optax.adamw(lr, weight_decay=wd),
+    "adam": lambda lr, wd=WD: optax.adam(lr),
+    "nadam": lambda lr, wd=WD: optax.nadam(lr),
+    "lamb": lambda lr, wd=WD: optax.lamb(lr, weight_decay=wd),
+    "sgd_momentum": lambda lr, wd=WD: optax.sgd(lr, momentum=0.9),
+    "rmsprop": lambda lr, wd=WD: optax.rmsprop(lr),
+    "adagrad": lambda lr, wd=WD: optax.adagrad(lr),
+    "lion": lambda lr, wd=WD: optax.lion(lr, weight_decay=wd),
+    "adams": lambda lr, wd=WD: so.adams(lr, weight_decay=wd),
 }
 
+DECOUPLED_WD = ("stam_full", "stam_lite", "stam_lite_bf16", "stam_lite_int8", "stam_fixed",
+                "stam_const_beta", "adamw", "lion", "adams")
 
-def get(name: str, learning_rate: float = 1e-3) -> optax.GradientTransformation:
+
+def get(name: str, learning_rate: float = 1e-3,
+        weight_decay: float = WD) -> optax.GradientTransformation:
     """Builds the registered optimizer `name`; raises ValueError listing the names."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](learning_rate)
+    return OPTIMIZERS[name](learning_rate, weight_decay)
 
 
 def parse_names(text: str) -> list[str]:

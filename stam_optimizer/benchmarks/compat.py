@@ -1,0 +1,68 @@
+"""Shared code of the 0.1.0 benchmark commands (mnist_sanity, phase1_runner,
+stress_runner, cifar10_cnn): run tasks with the programme's protocol and write
+the 0.1.0 output file, with a short table on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from stam_optimizer.benchmarks import programme, registry, runner, speed, stats
+from stam_optimizer.benchmarks.task import Task
+
+# the optimizers the 0.1.0 runners compared, plus AdamW as the reference
+OPTIMIZERS_010 = "stam_full,stam_lite,sgd_momentum,rmsprop,adagrad,nadam,lamb,adamw"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def names(text: str) -> list[str]:
+    try:
+        return registry.parse_names(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def run_tasks(tasks: Sequence[Task], optimizers: Sequence[str], seeds: int,
+              output: str, command: str) -> dict:
+    """Tunes the learning rate (quick grid, one tuning seed) and runs `seeds` final
+    seeds for every task x optimizer; writes `output` atomically; prints a table."""
+    records = []
+    for task in tasks:
+        task = dataclasses.replace(task, lr_grid=programme.GRIDS["quick"])
+        for name in optimizers:
+            log(f"{task.name}: {name}")
+            records.append(runner.tune_and_run(task, name, [1000], list(range(seeds)),
+                                               "custom"))
+    out = {"schema": runner.SCHEMA, "kind": "legacy", "command": command, "runs": records,
+           "environment": speed.environment()}
+    speed.write_json(output, out)
+    print(table(records))
+    print(f"\nwritten: {output}")
+    return out
+
+
+def table(records: Sequence[dict]) -> str:
+    """Markdown: task, optimizer, selected lr, final metric mean [95% CI]."""
+    lines = ["| task | optimizer | lr | metric | mean [95% CI] | diverged |",
+             "|---|---|---|---|---|---|"]
+    for r in records:
+        vals = np.array([np.nan if v is None else v for v in r["final"]["metric"]])
+        mean, lo, hi = stats.mean_ci(vals)
+        ci = f"{mean:.4f} [{lo:.4f}, {hi:.4f}]" if np.isfinite(lo) else f"{mean:.4f}"
+        lines.append(f"| {r['task']} | {r['optimizer']} | {r['final']['lr']:.2g} | "
+                     f"{r['task_info']['metric']} | {ci} | {sum(r['diverged'])} |")
+    return "\n".join(lines)

@@ -1,0 +1,272 @@
+"""The benchmark programme: turns suites into jobs, runs what is not done yet,
+and keeps every finished run on disk.
+
+A job is (kind, task, optimizer) with kind "run" (tuning + final seeds, see
+`runner`) or "sweep" (lr x weight decay). Each job writes one JSON file
+atomically; a job whose file exists with the same size, task description,
+grid and seeds is skipped, so an interrupted programme resumes where it
+stopped. Jobs run on a small thread pool (XLA compiles and runs outside the
+GIL); compiled programs go to a persistent cache under the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from stam_optimizer.benchmarks import registry, runner, speed
+from stam_optimizer.benchmarks.data import DatasetMissing
+from stam_optimizer.benchmarks.task import Config, Task
+from stam_optimizer.benchmarks.tasks import QUICK_EXTRA, QUICK_OPTIMIZERS, SUITES, TASKS
+
+# Per size: learning-rate grid (same for every optimizer), tuning and final seeds.
+GRIDS = {"tiny": (1e-3, 1e-2, 1e-1), "quick": tuple(float(x) for x in np.logspace(-4, 0, 5)),
+         "full": tuple(float(x) for x in np.logspace(-4, 0, 9))}
+SEEDS = {"tiny": ([1000], [0, 1]), "quick": ([1000], [0, 1, 2, 3]),
+         "full": ([1000, 1001], list(range(6)))}
+SWEEP = {"tiny": ((1e-2, 1e-1), (0.0, 0.1), [0, 1]),
+         "quick": (GRIDS["quick"], (0.0, 1e-3, 1e-2, 1e-1), [0, 1, 2]),
+         "full": (GRIDS["full"], (0.0, 1e-4, 1e-3, 1e-2, 1e-1), [0, 1, 2, 3, 4])}
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    kind: str  # "run" | "sweep"
+    task: str
+    optimizer: str
+
+    def path(self, out: Path) -> Path:
+        return out / ("runs" if self.kind == "run" else "sweeps") / self.task / \
+            f"{self.optimizer}.json"
+
+
+def optimizers_for(suite: str, task: str, size: str, chosen: Sequence[str] | None) -> list[str]:
+    """The optimizers a suite runs on `task` at `size`; `chosen` (--optimizers) overrides."""
+    s = SUITES[suite]
+    if chosen:
+        names = list(chosen)
+    elif s.optimizers is not None:
+        names = list(s.optimizers)
+    elif size == "full":
+        names = list(registry.OPTIMIZERS)
+    else:
+        names = list(QUICK_OPTIMIZERS) + list(QUICK_EXTRA.get(task, ()))
+    if suite == "sweep":
+        names = [n for n in names if n in registry.DECOUPLED_WD]
+    return names
+
+
+def plan(suites: Sequence[str], size: str, chosen: Sequence[str] | None = None) -> list[Job]:
+    """Every job of `suites`, without duplicates, in suite order."""
+    jobs: list[Job] = []
+    for suite in suites:
+        kind = "sweep" if suite == "sweep" else "run"
+        for task in SUITES[suite].tasks:
+            for name in optimizers_for(suite, task, size, chosen):
+                job = Job(kind, task, name)
+                if job not in jobs:
+                    jobs.append(job)
+    return jobs
+
+
+def sized(task: Task, size: str) -> Task:
+    return dataclasses.replace(task, lr_grid=GRIDS[size])
+
+
+def is_done(job: Job, task: Task, out: Path, size: str) -> bool:
+    """True if the job's file holds a finished result for exactly this setup."""
+    rec = runner.load_json(job.path(out))
+    if not rec or rec.get("size") != size or rec.get("task_info") != task.info():
+        return False
+    if job.kind == "sweep":
+        lrs, wds, seeds = SWEEP[size]
+        return rec.get("lrs") == list(lrs) and rec.get("wds") == list(wds) and \
+            rec.get("seeds") == list(seeds)
+    tune, final = SEEDS[size]
+    return rec["tuning"]["seeds"] == tune and rec["final"]["seeds"] == final and \
+        set(GRIDS[size]) <= set(rec["tuning"]["lrs"])
+
+
+def run_job(job: Job, task: Task, out: Path, size: str) -> dict:
+    if job.kind == "sweep":
+        lrs, wds, seeds = SWEEP[size]
+        rec = runner.sweep(task, job.optimizer, list(lrs), list(wds), seeds, size)
+    else:
+        rec = runner.tune_and_run(task, job.optimizer, *SEEDS[size], size)
+    speed.write_json(str(job.path(out)), rec)
+    return rec
+
+
+def smoke(out: Path) -> dict:
+    """One update of every registry optimizer on a small MLP: finite? state bytes?"""
+    params = {"w1": jnp.full((16, 32), 0.1), "b1": jnp.zeros(32), "w2": jnp.full((32, 4), 0.1),
+              "b2": jnp.zeros(4)}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
+    n = sum(p.size for p in jax.tree.leaves(params))
+    rows = []
+    for name in registry.OPTIMIZERS:
+        tx = registry.get(name, 1e-3)
+        state = tx.init(params)
+        updates, state = jax.jit(tx.update)(grads, state, params)
+        new = optax.apply_updates(params, updates)
+        nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
+        rows.append({"optimizer": name, "params": n, "state_bytes": int(nbytes),
+                     "bytes_per_param": nbytes / n,
+                     "finite": bool(all(jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new)))})
+    rec = {"schema": runner.SCHEMA, "kind": "smoke", "rows": rows,
+           "environment": speed.environment()}
+    speed.write_json(str(out / "smoke.json"), rec)
+    return rec
+
+
+def memory_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
+    from stam_optimizer.benchmarks import memory
+
+    models = {"tiny": "small_mlp", "quick": "small_mlp,transformer"}.get(size, ",".join(
+        memory.MODELS))
+    p = argparse.ArgumentParser()
+    memory.add_arguments(p)
+    argv = ["--models", models, "--output", str(out / "memory.json")]
+    if size != "full":
+        argv.append("--no-compiled")
+    memory.run(p.parse_args(argv))
+
+
+def timing_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
+    trees, steps, tasks = {"tiny": (["square8"], 2, []), "quick": (["square8"], 10, []),
+                           "full": (list(speed.TREES), 20, ["mlp", "transformer"])}[size]
+    rec = {"environment": speed.environment(), "update": [], "train_step": [],
+           "method": speed.__doc__.strip()}
+    for t in trees:
+        rec["update"].append(speed.time_updates(t, speed.UPDATE_OPTIMIZERS, steps, 3, log))
+    for t in tasks:
+        rec["train_step"].append(speed.time_train_steps(t, list(registry.OPTIMIZERS), steps, 3,
+                                                        0, log))
+    speed.write_json(str(out / "speed.json"), rec)
+
+
+class _Progress:
+    """A rich progress bar when rich is installed and the output is a terminal,
+    plain log lines otherwise."""
+
+    def __init__(self, total: int, log: Callable[[str], None]):
+        self.log, self.bar = log, None
+        try:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+            if sys.stderr.isatty():
+                self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                    MofNCompleteColumn(), TimeElapsedColumn())
+                self.id = self.bar.add_task("stam-bench", total=total)
+                self.bar.start()
+        except ImportError:
+            pass
+
+    def advance(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(msg)
+            self.bar.advance(self.id)
+        else:
+            self.log(msg)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _summary(job: Job, rec: dict, seconds: float) -> str:
+    if job.kind == "sweep":
+        return f"sweep {job.task} {job.optimizer}: done in {seconds:.0f}s"
+    m = [x for x in rec["final"]["metric"] if x is not None]
+    mean = f"{np.mean(m):.4f}" if m else "diverged"
+    return (f"{job.task:<20} {job.optimizer:<16} lr {rec['final']['lr']:.2g}  "
+            f"{rec['task_info']['metric']} {mean}  ({seconds:.0f}s)")
+
+
+def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path | None = None,
+                  optimizers: Sequence[str] | None = None, workers: int = 2,
+                  force: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Runs `suites` at `size` into `out`; returns counts of done/skipped/failed jobs."""
+    for s in suites:
+        if s not in SUITES:
+            raise ValueError(f"unknown suite {s!r}; choose from {', '.join(SUITES)}")
+    if size not in GRIDS:
+        raise ValueError(f"size must be one of {', '.join(GRIDS)}, got {size!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(out / "cache" / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    cfg = Config(size=size, data_dir=data_dir, cache_dir=out / "cache")
+    counts = {"done": 0, "skipped": 0, "failed": 0, "missing_data": 0}
+    t0 = time.perf_counter()
+    if "smoke" in suites:
+        rows = smoke(out)["rows"]
+        bad = [r["optimizer"] for r in rows if not r["finite"]]
+        log(f"smoke: {len(rows)} optimizers, non-finite: {', '.join(bad) or 'none'}")
+
+    tasks: dict[str, Task] = {}
+    jobs = []
+    for job in plan(suites, size, optimizers):
+        if job.task not in tasks:
+            try:
+                tasks[job.task] = sized(TASKS[job.task](cfg), size)
+            except DatasetMissing as e:
+                log(f"skipping {job.task}: {e}")
+                tasks[job.task] = None
+                counts["missing_data"] += 1
+        if tasks[job.task] is None:
+            continue
+        if not force and is_done(job, tasks[job.task], out, size):
+            counts["skipped"] += 1
+            continue
+        jobs.append(job)
+    if counts["skipped"]:
+        log(f"resuming: {counts['skipped']} finished runs kept, {len(jobs)} to go")
+
+    progress = _Progress(len(jobs), log)
+
+    def work(job: Job) -> tuple[Job, dict, float]:
+        t = time.perf_counter()
+        return job, run_job(job, tasks[job.task], out, size), time.perf_counter() - t
+
+    pool = cf.ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = {pool.submit(work, j): j for j in jobs}
+        for fut in cf.as_completed(futures):
+            try:
+                job, rec, seconds = fut.result()
+                counts["done"] += 1
+                progress.advance(_summary(job, rec, seconds))
+            except Exception:  # one failed job must not lose the others
+                counts["failed"] += 1
+                progress.advance(f"FAILED {futures[fut]}:\n{traceback.format_exc()}")
+    except KeyboardInterrupt:
+        log("interrupted: finished runs are on disk; running the same command resumes")
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # queued jobs are dropped
+        progress.close()
+    if "memory" in suites:
+        memory_suite(out, size, log)
+    if "timing" in suites:
+        timing_suite(out, size, log)
+    counts["seconds"] = time.perf_counter() - t0
+    return counts

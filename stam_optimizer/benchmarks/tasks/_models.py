@@ -1,0 +1,198 @@
+"""Small models and task builders shared by the task modules (plain JAX, no flax,
+so that a whole run compiles into one small program)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from stam_optimizer.benchmarks.task import Task
+
+
+def _dense(key, n_in: int, n_out: int) -> dict:
+    return {"w": jax.random.normal(key, (n_in, n_out)) * jnp.sqrt(2.0 / n_in),
+            "b": jnp.zeros(n_out)}
+
+
+def mlp(sizes: Sequence[int]) -> tuple[Callable, Callable]:
+    """ReLU MLP: `init(key)`, `apply(params, x)` (x is flattened)."""
+
+    def init(key):
+        keys = jax.random.split(key, len(sizes) - 1)
+        return [_dense(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+
+    def apply(params, x):
+        h = x.reshape(x.shape[0], -1)
+        for layer in params[:-1]:
+            h = jax.nn.relu(h @ layer["w"] + layer["b"])
+        return h @ params[-1]["w"] + params[-1]["b"]
+
+    return init, apply
+
+
+def _patches(x, spatial: int):
+    """Stride-2, size-3 'SAME' patches as a matrix: (batch, *out, 3**spatial * C).
+    A convolution is then one matmul, which stays a matmul under `vmap` (XLA:CPU
+    runs vmapped convolutions as slow grouped convolutions)."""
+    for axis in range(spatial, 0, -1):  # last axis first: the first ends up major (HWIO)
+        n, out = x.shape[axis], -(-x.shape[axis] // 2)
+        total = max(2 * (out - 1) + 3 - n, 0)
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (total // 2, total - total // 2)
+        xp = jnp.pad(x, pad)
+        x = jnp.stack([jax.lax.slice_in_dim(xp, k, k + 2 * out - 1, 2, axis) for k in range(3)],
+                      axis=-2)
+        x = x.reshape(*x.shape[:-2], -1)
+    return x
+
+
+def cnn(in_shape: Sequence[int], channels: Sequence[int], n_out: int,
+        hidden: int = 64) -> tuple[Callable, Callable]:
+    """Conv (kernel 3 or 3x3, stride 2, 'SAME') + ReLU layers, then a dense head.
+    `in_shape` is (length, channels) for 1-D signals or (height, width, channels)
+    for images."""
+    spatial = len(in_shape) - 1
+
+    def init(key):
+        keys = jax.random.split(key, len(channels) + 2)
+        params, c_in, size = {"conv": []}, in_shape[-1], list(in_shape[:-1])
+        for k, c in zip(keys, channels):
+            params["conv"].append(_dense(k, c_in * 3**spatial, c))
+            c_in, size = c, [-(-s // 2) for s in size]
+        params["fc"] = _dense(keys[-2], c_in * int(np.prod(size)), hidden)
+        params["out"] = _dense(keys[-1], hidden, n_out)
+        return params
+
+    def apply(params, x):
+        h = x
+        for layer in params["conv"]:
+            h = jax.nn.relu(_patches(h, spatial) @ layer["w"] + layer["b"])
+        h = jax.nn.relu(h.reshape(h.shape[0], -1) @ params["fc"]["w"] + params["fc"]["b"])
+        return h @ params["out"]["w"] + params["out"]["b"]
+
+    return init, apply
+
+
+def transformer(vocab: int, d: int, layers: int, heads: int,
+                seq: int) -> tuple[Callable, Callable]:
+    """Pre-norm causal transformer with tied embeddings: `apply(params, tokens)`
+    returns next-token logits for every position."""
+
+    def init(key):
+        ks = iter(jax.random.split(key, 2 + 4 * layers))
+        nrm = lambda s, scale: jax.random.normal(next(ks), s) * scale  # noqa: E731
+        return {"embed": nrm((vocab, d), 0.02), "pos": nrm((seq, d), 0.02),
+                "ln_f": jnp.ones(d),
+                "blocks": [{"ln1": jnp.ones(d), "ln2": jnp.ones(d),
+                            "qkv": nrm((d, 3 * d), d**-0.5), "proj": nrm((d, d), d**-0.5),
+                            "up": nrm((d, 4 * d), d**-0.5), "down": nrm((4 * d, d),
+                                                                        (4 * d) ** -0.5)}
+                           for _ in range(layers)]}
+
+    mask = np.tril(np.ones((seq, seq), bool))
+
+    def norm(x, g):
+        return g * (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True)
+                                                                    + 1e-5)
+
+    def apply(params, tokens):
+        b, t = tokens.shape
+        x = params["embed"][tokens] + params["pos"][:t]
+        for blk in params["blocks"]:
+            q, k, v = jnp.split(norm(x, blk["ln1"]) @ blk["qkv"], 3, axis=-1)
+            q, k, v = (a.reshape(b, t, heads, d // heads) for a in (q, k, v))
+            att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d // heads)
+            att = jax.nn.softmax(jnp.where(mask[:t, :t], att, -1e9), axis=-1)
+            x = x + jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, t, d) @ blk["proj"]
+            x = x + jax.nn.gelu(norm(x, blk["ln2"]) @ blk["up"]) @ blk["down"]
+        return norm(x, params["ln_f"]) @ params["embed"].T
+
+    return init, apply
+
+
+def index(key, shape, n: int):
+    """Uniform integers in [0, n): one draw of random bits, cheaper to compile than
+    `jax.random.randint` (the modulo bias, below n / 2**32, is irrelevant here)."""
+    return (jax.random.bits(key, shape, jnp.uint32) % n).astype(jnp.int32)
+
+
+def xent(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def phase_of(step, shift_steps: Sequence[int]):
+    """Index of the data distribution in force at `step` (0 before the first shift)."""
+    step = jnp.asarray(step)
+    return sum((step >= s).astype(jnp.int32) for s in shift_steps) if shift_steps else 0
+
+
+def classification_task(name: str, suite: str, description: str, model: tuple,
+                        x_train, y_train, x_val, y_val, *, steps: int, batch_size: int,
+                        eval_every: int, min_effect: float, target: float,
+                        shift_steps: Sequence[int] = (), grad_noise: float = 0.0,
+                        x_test=None, y_test=None, metric: str = "val_loss") -> Task:
+    """A classification task over arrays. With `shift_steps`, the arrays carry a
+    leading phase axis (one dataset per distribution) and the phase in force at
+    each step picks the training and validation data."""
+    init, apply = model
+    x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
+    x_val, y_val = jnp.asarray(x_val), jnp.asarray(y_val)
+    staged = bool(shift_steps)
+    n = x_train.shape[1] if staged else x_train.shape[0]
+
+    def batch(key, step):
+        idx = index(key, (batch_size,), n)
+        if staged:
+            p = phase_of(step, shift_steps)
+            return x_train[p][idx], y_train[p][idx]
+        return x_train[idx], y_train[idx]
+
+    def loss(params, b):
+        return xent(apply(params, b[0]), b[1])
+
+    def evaluate(params, step):
+        xv, yv = (x_val[phase_of(step, shift_steps)], y_val[phase_of(step, shift_steps)]) \
+            if staged else (x_val, y_val)
+        logits = apply(params, xv)
+        return {"val_loss": xent(logits, yv), "val_acc": jnp.mean(logits.argmax(-1) == yv)}
+
+    def test(params):
+        logits = apply(params, jnp.asarray(x_test))
+        return {"test_loss": xent(logits, jnp.asarray(y_test)),
+                "test_acc": jnp.mean(logits.argmax(-1) == jnp.asarray(y_test))}
+
+    return Task(name=name, suite=suite, description=description, init=init, batch=batch,
+                loss=loss, evaluate=evaluate, steps=steps, eval_every=eval_every,
+                batch_size=batch_size, min_effect=min_effect, target=target, metric=metric,
+                shift_steps=tuple(shift_steps), grad_noise=grad_noise,
+                test=None if x_test is None else test)
+
+
+def lm_task(name: str, suite: str, description: str, tokens_train: np.ndarray,
+            tokens_val: np.ndarray, vocab: int, *, d: int, layers: int, heads: int, seq: int,
+            steps: int, batch_size: int, eval_every: int, min_effect: float, target: float,
+            val_windows: int = 64) -> Task:
+    """Next-token prediction on a token stream with a small causal transformer."""
+    init, apply = transformer(vocab, d, layers, heads, seq)
+    train = jnp.asarray(tokens_train, jnp.int32)
+    starts = np.linspace(0, len(tokens_val) - seq - 1, val_windows).astype(np.int64)
+    val = jnp.asarray(np.stack([tokens_val[s:s + seq + 1] for s in starts]), jnp.int32)
+    offsets = jnp.arange(seq + 1)
+
+    def batch(key, step):
+        s = index(key, (batch_size, 1), train.shape[0] - seq - 1)
+        return train[s + offsets]
+
+    def loss(params, b):
+        return xent(apply(params, b[:, :-1]), b[:, 1:])
+
+    def evaluate(params, step):
+        return {"val_loss": xent(apply(params, val[:, :-1]), val[:, 1:])}
+
+    return Task(name=name, suite=suite, description=description, init=init, batch=batch,
+                loss=loss, evaluate=evaluate, steps=steps, eval_every=eval_every,
+                batch_size=batch_size, min_effect=min_effect, target=target)

@@ -1,0 +1,234 @@
+"""The benchmark runner and programme: the learning-rate identity the runner relies
+on, the tuning protocol, resume after interruption, and a tiny end-to-end run."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from stam_optimizer.benchmarks import cli, programme, registry, runner
+from stam_optimizer.benchmarks.task import Config, Task
+from stam_optimizer.benchmarks.tasks import SUITES, TASKS, _models, quadratic
+
+TINY = Config(size="tiny")
+
+
+def _params():
+    return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.full((4,), 0.3)}
+
+
+def _grads(t):
+    return {"w": jnp.cos(jnp.arange(12.0) + t).reshape(3, 4), "b": jnp.sin(jnp.arange(4.0) * t)}
+
+
+@pytest.mark.parametrize("name", list(registry.OPTIMIZERS))
+def test_update_is_exactly_lr_times_update_at_lr_one(name):
+    """The runner builds every optimizer at lr = 1 and multiplies by the run's lr."""
+    lr = 0.0123
+    tx_lr, tx_one = registry.get(name, lr), registry.get(name, 1.0)
+    p_lr = p_one = _params()
+    s_lr, s_one = tx_lr.init(p_lr), tx_one.init(p_one)
+    for t in range(3):
+        u_lr, s_lr = tx_lr.update(_grads(t), s_lr, p_lr)
+        u_one, s_one = tx_one.update(_grads(t), s_one, p_one)
+        p_lr = optax.apply_updates(p_lr, u_lr)
+        p_one = jax.tree.map(lambda p, u: p + lr * u, p_one, u_one)
+    for a, b in zip(jax.tree.leaves(p_lr), jax.tree.leaves(p_one)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", registry.DECOUPLED_WD)
+def test_weight_decay_applied_outside_is_the_optimizers_own(name):
+    lr, wd = 0.02, 0.1
+    tx_ref, tx_zero = registry.get(name, lr, wd), registry.get(name, 1.0, 0.0)
+    p_ref = p_out = _params()
+    s_ref, s_out = tx_ref.init(p_ref), tx_zero.init(p_out)
+    for t in range(3):
+        u_ref, s_ref = tx_ref.update(_grads(t), s_ref, p_ref)
+        u_out, s_out = tx_zero.update(_grads(t), s_out, p_out)
+        p_ref = optax.apply_updates(p_ref, u_ref)
+        p_out = jax.tree.map(lambda p, u: p + lr * (u - wd * p), p_out, u_out)
+    for a, b in zip(jax.tree.leaves(p_ref), jax.tree.leaves(p_out)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # one rounding apart
+
+
+def _hand_loop(task: Task, name: str, lr: float, seed: int) -> float:
+    """The training loop written plainly, without the runner's vmap and scans."""
+    tx = registry.get(name, lr)
+    k_init, k_data, _ = jax.random.split(jax.random.key(seed), 3)
+    params = task.init(k_init)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, t):
+        grads = jax.grad(task.loss)(params, task.batch(jax.random.fold_in(k_data, t), t))
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for t in range(task.steps):
+        params, state = step(params, state, t)
+    return float(task.evaluate(params, task.steps)["val_loss"])
+
+
+@pytest.mark.parametrize("name", ["adamw", "stam_full", "stam_lite"])
+def test_runner_matches_a_plain_training_loop(name):
+    task = dataclasses.replace(TASKS["nonstationary_mlp"](TINY), steps=12, eval_every=4,
+                               shift_steps=(6,))
+    lrs, seeds = [3e-3, 3e-2], [5, 9]
+    out, _, _ = runner.execute(task, name, lrs, seeds)
+    assert out["metrics/val_loss"].shape == (2, 1, 2, 4)
+    for i, lr in enumerate(lrs):
+        for j, seed in enumerate(seeds):
+            np.testing.assert_allclose(out["metrics/val_loss"][i, 0, j, -1],
+                                       _hand_loop(task, name, lr, seed), rtol=2e-5)
+
+
+def test_same_seed_same_start_for_every_optimizer():
+    task = TASKS["noisy_quadratic_low"](TINY)
+    a, _, _ = runner.execute(task, "adamw", [1e-2], [0, 1])
+    b, _, _ = runner.execute(task, "sgd_momentum", [1e-1], [0, 1])
+    np.testing.assert_array_equal(a["metrics/val_loss"][..., 0], b["metrics/val_loss"][..., 0])
+    assert a["metrics/val_loss"][0, 0, 0, 0] != a["metrics/val_loss"][0, 0, 1, 0]
+
+
+def test_tuning_extends_the_grid_at_an_edge_and_selects_on_tuning_seeds():
+    # On the noisy quadratic, AdamW at 1e-5 or 1e-4 barely moves: the best of that
+    # grid is its upper edge, so two points beyond it must be added.
+    task = dataclasses.replace(quadratic.noisy_quadratic_low(TINY), lr_grid=(1e-5, 1e-4))
+    rec = runner.tune_and_run(task, "adamw", [100], [0, 1], "tiny")
+    assert rec["tuning"]["extended"]
+    np.testing.assert_allclose(rec["tuning"]["lrs"], [1e-5, 1e-4, 1e-3, 1e-2], rtol=1e-9)
+    scores = [row[0] for row in rec["tuning"]["metric"]]
+    assert rec["final"]["lr"] == rec["tuning"]["lrs"][int(np.argmin(scores))]
+    assert rec["final"]["seeds"] == [0, 1] and len(rec["final"]["metric"]) == 2
+    assert rec["diverged"] == [False, False]
+
+
+def test_grid_extension_rule():
+    assert runner._grid_extension([1.0, 10.0, 100.0], 1) is None
+    np.testing.assert_allclose(runner._grid_extension([1.0, 10.0, 100.0], 0), [0.01, 0.1])
+    np.testing.assert_allclose(runner._grid_extension([1.0, 10.0, 100.0], 2), [1e3, 1e4])
+
+
+def test_divergence_is_recorded_not_hidden():
+    task = dataclasses.replace(quadratic.noisy_quadratic_high(TINY), lr_grid=(1e3, 1e4))
+    rec = runner.tune_and_run(task, "sgd_momentum", [100], [0], "tiny")
+    assert rec["diverged"] == [True]
+    assert rec["final"]["metric"] == [None]  # non-finite stored as JSON null
+    json.dumps(rec, allow_nan=False)  # the record is valid JSON
+
+
+def test_patch_convolution_matches_lax_conv():
+    for shape in [(2, 40, 3), (2, 7, 6, 2), (1, 28, 28, 1)]:
+        spatial = len(shape) - 2
+        x = jax.random.normal(jax.random.key(0), shape)
+        w = jax.random.normal(jax.random.key(1), (3,) * spatial + (shape[-1], 5))
+        dims = ("NWC", "WIO", "NWC") if spatial == 1 else ("NHWC", "HWIO", "NHWC")
+        ref = jax.lax.conv_general_dilated(x, w, (2,) * spatial, "SAME", dimension_numbers=dims)
+        got = _models._patches(x, spatial) @ w.reshape(-1, 5)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_every_task_builds_at_tiny_size(tmp_path):
+    cfg = Config(size="tiny", cache_dir=tmp_path)
+    for name, make in TASKS.items():
+        if name.startswith(("mnist_", "fashion_", "cifar")):
+            continue  # need --data-dir; their loaders are tested in test_bench_data
+        task = make(cfg)
+        assert task.steps % task.eval_every == 0 and task.metric
+        params = task.init(jax.random.key(0))
+        loss = jax.jit(task.loss)(params, task.batch(jax.random.key(1), 0))
+        assert np.isfinite(float(loss)), name
+        metrics = jax.jit(task.evaluate)(params, 0)
+        assert task.metric in (set(metrics) | {"post_shift_val_loss"})
+
+
+def test_bad_task_and_config_values_are_rejected():
+    with pytest.raises(ValueError, match="size must be"):
+        Config(size="huge").pick(1, 2, 3)
+    with pytest.raises(ValueError, match="multiple of eval_every"):
+        dataclasses.replace(TASKS["linear_regression"](TINY), steps=10, eval_every=3)
+    with pytest.raises(ValueError, match="unknown suite"):
+        programme.run_programme(["nope"], "tiny", "unused")
+    with pytest.raises(ValueError, match="no decoupled weight decay"):
+        runner.sweep(TASKS["linear_regression"](TINY), "nadam", [1e-3], [0.0], [0], "tiny")
+
+
+def test_quick_plan_covers_every_suite_and_the_issue_questions():
+    jobs = programme.plan(list(SUITES), "quick")
+    tasks = {j.task for j in jobs}
+    for name, suite in SUITES.items():
+        assert set(suite.tasks) <= tasks, name
+    pairs = {(j.kind, j.task, j.optimizer) for j in jobs}
+    assert ("run", "long_horizon_mlp", "nadam") in pairs  # the 0.1.0 long-horizon claim
+    assert ("run", "char_lm", "stam_lite_int8") in pairs  # int8 parity
+    assert ("sweep", "nonstationary_mlp", "stam_lite") in pairs  # the sweep claim
+    assert len(pairs) == len(jobs)  # no job twice
+    full = programme.plan(["convex"], "full")
+    assert {j.optimizer for j in full} == set(registry.OPTIMIZERS)
+
+
+def _json_files(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes()
+            for p in sorted(out.rglob("*.json")) if "cache" not in p.parts}
+
+
+def test_programme_resumes_after_an_interruption(tmp_path, monkeypatch):
+    suites, opts = ["convex", "quadratic"], ["adamw", "stam_lite"]
+    real = programme._summary
+    seen = []
+
+    def ctrl_c(job, rec, seconds):  # runs in the main thread as each job finishes
+        seen.append(job)
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # the user presses Ctrl-C after two finished jobs
+        return real(job, rec, seconds)
+
+    monkeypatch.setattr(programme, "_summary", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        programme.run_programme(suites, "tiny", tmp_path, optimizers=opts, workers=1,
+                                log=lambda m: None)
+    done = _json_files(tmp_path)
+    # the two finished jobs, plus at most the one that was running, are on disk,
+    # whole; queued jobs were dropped; no temporary file is left behind
+    assert 2 <= len(done) <= 3 and not list(tmp_path.rglob("*.tmp*"))
+    for blob in done.values():
+        assert json.loads(blob)["kind"] == "run"
+
+    monkeypatch.setattr(programme, "_summary", real)
+    counts = programme.run_programme(suites, "tiny", tmp_path, optimizers=opts, workers=2,
+                                     log=lambda m: None)
+    assert counts["skipped"] == len(done) and counts["done"] == 6 - len(done)
+    assert counts["failed"] == 0
+    after = _json_files(tmp_path)
+    assert len(after) == 6 and all(after[k] == v for k, v in done.items())  # kept untouched
+    again = programme.run_programme(suites, "tiny", tmp_path, optimizers=opts,
+                                    log=lambda m: None)
+    assert again["skipped"] == 6 and again["done"] == 0
+
+
+def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "res"
+    rc = cli.main(["run", "smoke", "nonstationary", "sweep", "--size", "tiny", "--out", str(out),
+                   "--optimizers", "adamw,stam_full,stam_lite"])
+    assert rc == 0
+    rec = json.loads((out / "runs" / "nonstationary_mlp" / "stam_full.json").read_text())
+    assert rec["optimizer"] == "stam_full" and rec["task_info"]["shift_steps"]
+    assert rec["final"]["lr"] in rec["tuning"]["lrs"]
+    assert set(rec["beta1"]["layers"]) == {"0/w", "0/b", "1/w", "1/b", "2/w", "2/b"}
+    b1 = np.array([v for v in rec["beta1"]["layers"].values()], float)
+    assert np.all((b1 >= 0.5 - 1e-6) & (b1 <= 0.9 + 1e-6))  # within [b1_min, b1_base]
+    assert "beta1" not in json.loads((out / "runs" / "nonstationary_mlp" /
+                                      "adamw.json").read_text())
+    sweep = json.loads((out / "sweeps" / "nonstationary_mlp" / "stam_lite.json").read_text())
+    assert np.shape(sweep["metric"]) == (2, 2, 2)  # wd x lr x seed
+    smoke = json.loads((out / "smoke.json").read_text())
+    assert {r["optimizer"] for r in smoke["rows"]} == set(registry.OPTIMIZERS)
+    assert all(r["finite"] for r in smoke["rows"])
+    report = (out / "report.md").read_text()
+    assert "nonstationary_mlp" in report and "stam_full" in report
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
