@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--optimizer", type=compat.names, default="stam_full",
                     help="registry name")
     ap.add_argument("--epochs", type=compat.positive, default=5, help="passes (>= 1)")
+    ap.add_argument("--steps", type=compat.positive, default=None,
+                    help="training steps (>= 1); overrides --epochs")
     ap.add_argument("--lr", type=float, default=1e-3, help="learning rate (> 0)")
     ap.add_argument("--seeds", type=compat.positive, default=1, help="seeds (>= 1)")
     ap.add_argument("--data-dir", type=Path, default=Path("data"),
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.lr > 0:
         ap.error(f"--lr must be > 0, got {args.lr}")
     (name,) = args.optimizer[:1]
-    cfg = Config(size="full", data_dir=args.data_dir, steps=args.epochs * TRAIN_EXAMPLES // BATCH)
+    steps = args.steps or args.epochs * TRAIN_EXAMPLES // BATCH
+    cfg = Config(size="full", data_dir=args.data_dir, steps=steps)
     try:
         task = real_data.cifar10_cnn(cfg)
     except DatasetMissing as e:
