@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a file path from the repository root
 
 import numpy as np  # noqa: E402
 
-from stam_optimizer.benchmarks import compat, runner, speed  # noqa: E402
+from stam_optimizer.benchmarks import argtypes, compat, runner, speed  # noqa: E402
 from stam_optimizer.benchmarks.data import DatasetMissing  # noqa: E402
 from stam_optimizer.benchmarks.task import Config  # noqa: E402
 from stam_optimizer.benchmarks.tasks import real_data  # noqa: E402
@@ -31,13 +31,13 @@ TRAIN_EXAMPLES, BATCH = 45_000, 64
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--optimizer", type=compat.names, default="stam_full",
+    ap.add_argument("--optimizer", type=argtypes.optimizer_names, default="stam_full",
                     help="registry name")
-    ap.add_argument("--epochs", type=compat.positive, default=5, help="passes (>= 1)")
-    ap.add_argument("--steps", type=compat.positive, default=None,
+    ap.add_argument("--epochs", type=argtypes.positive, default=5, help="passes (>= 1)")
+    ap.add_argument("--steps", type=argtypes.positive, default=None,
                     help="training steps (>= 1); overrides --epochs")
     ap.add_argument("--lr", type=float, default=1e-3, help="learning rate (> 0)")
-    ap.add_argument("--seeds", type=compat.positive, default=1, help="seeds (>= 1)")
+    ap.add_argument("--seeds", type=argtypes.positive, default=1, help="seeds (>= 1)")
     ap.add_argument("--data-dir", type=Path, default=Path("data"),
                     help="folder with CIFAR-10 (default: data)")
     ap.add_argument("--output", default=None,

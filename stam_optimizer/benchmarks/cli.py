@@ -16,32 +16,12 @@ import sys
 from pathlib import Path
 
 from stam_optimizer.benchmarks import memory, programme, registry, speed
+from stam_optimizer.benchmarks.argtypes import nonnegative, optimizer_names, positive
 from stam_optimizer.benchmarks.tasks import SUITES, TASKS
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def _nonnegative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def _names(text: str) -> list[str]:
-    try:
-        return registry.parse_names(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -134,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="results folder (default results/<size>); re-running resumes")
     common.add_argument("--data-dir", type=Path, default=None,
                         help="folder with MNIST / Fashion-MNIST / CIFAR-10 files (images suite)")
-    common.add_argument("--optimizers", type=_names, default=None,
+    common.add_argument("--optimizers", type=optimizer_names, default=None,
                         help="comma-separated registry names (default: the suite's set)")
-    common.add_argument("--workers", type=_positive, default=2,
+    common.add_argument("--workers", type=positive, default=2,
                         help="jobs compiled and run at once (default 2)")
     common.add_argument("--force", action="store_true", help="re-run finished runs too")
     common.add_argument("--no-report", action="store_true", help="do not build the report")
@@ -168,11 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description=speed.__doc__)
     p.add_argument("--trees", default="small200,square8,large64",
                    help=f"comma-separated trees: {', '.join(speed.TREES)}")
-    p.add_argument("--steps", type=_positive, default=20, help="measured rounds (>= 1)")
-    p.add_argument("--warmup", type=_nonnegative, default=3, help="warm-up steps (>= 0)")
+    p.add_argument("--steps", type=positive, default=20, help="measured rounds (>= 1)")
+    p.add_argument("--warmup", type=nonnegative, default=3, help="warm-up steps (>= 0)")
     p.add_argument("--train-tasks", default="mlp,transformer",
                    help="comma-separated train-step tasks (mlp, transformer; empty: none)")
-    p.add_argument("--train-optimizers", type=_names,
+    p.add_argument("--train-optimizers", type=optimizer_names,
                    default=list(registry.OPTIMIZERS), help="comma-separated registry names")
     p.add_argument("--output", default="results/speed.json", help="JSON file to write")
     p.set_defaults(func=cmd_speed)

@@ -4,14 +4,13 @@ the 0.1.0 output file, with a short table on stdout."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 
-from stam_optimizer.benchmarks import programme, registry, runner, speed, stats
+from stam_optimizer.benchmarks import programme, runner, speed, stats
 from stam_optimizer.benchmarks.task import Task
 
 # the optimizers the 0.1.0 runners compared, plus AdamW as the reference
@@ -20,20 +19,6 @@ OPTIMIZERS_010 = "stam_full,stam_lite,sgd_momentum,rmsprop,adagrad,nadam,lamb,ad
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
-def names(text: str) -> list[str]:
-    try:
-        return registry.parse_names(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def run_tasks(tasks: Sequence[Task], optimizers: Sequence[str], seeds: int,

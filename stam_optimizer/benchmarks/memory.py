@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from stam_optimizer.benchmarks import registry, speed
+from stam_optimizer.benchmarks.argtypes import optimizer_names
 
 MB = 2**20
 BASELINE = "adamw"
@@ -286,18 +287,11 @@ def _model_name(text: str) -> str:
     return name
 
 
-def _optimizer_list(text: str) -> list[str]:
-    try:
-        return registry.parse_names(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the options of `stam-bench memory` to `parser`."""
     parser.add_argument("--models", type=_model_list, default=list(MODELS),
                         help=f"comma-separated models for state bytes: {', '.join(MODELS)}")
-    parser.add_argument("--optimizers", type=_optimizer_list, default=list(registry.OPTIMIZERS),
+    parser.add_argument("--optimizers", type=optimizer_names, default=list(registry.OPTIMIZERS),
                         help="comma-separated registry names (default: all)")
     parser.add_argument("--compiled-model", type=_model_name, default=INT8_TARGET_MODEL,
                         help="model whose compiled update memory is measured")

@@ -19,7 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file path from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from stam_optimizer.benchmarks import compat  # noqa: E402
+from stam_optimizer.benchmarks import argtypes, compat  # noqa: E402
 from stam_optimizer.benchmarks.data import DatasetMissing  # noqa: E402
 from stam_optimizer.benchmarks.task import Config  # noqa: E402
 from stam_optimizer.benchmarks.tasks import real_data  # noqa: E402
@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=Path("data"),
                     help="folder with the MNIST IDX files (default: data)")
-    ap.add_argument("--seeds", type=compat.positive, default=2, help="final seeds (>= 1)")
-    ap.add_argument("--optimizers", type=compat.names, default="stam_full,stam_lite,adamw")
+    ap.add_argument("--seeds", type=argtypes.positive, default=2, help="final seeds (>= 1)")
+    ap.add_argument("--optimizers", type=argtypes.optimizer_names,
+                    default="stam_full,stam_lite,adamw")
     ap.add_argument("--output", default="results/mnist_sanity.json")
     args = ap.parse_args(argv)
     cfg = Config(size="quick", data_dir=args.data_dir)

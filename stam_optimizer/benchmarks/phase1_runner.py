@@ -18,7 +18,7 @@ import sys
 if __package__ in (None, ""):  # run as a file path from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from stam_optimizer.benchmarks import compat  # noqa: E402
+from stam_optimizer.benchmarks import argtypes, compat  # noqa: E402
 from stam_optimizer.benchmarks.task import Config  # noqa: E402
 from stam_optimizer.benchmarks.tasks import convex, nonstationary  # noqa: E402
 
@@ -27,10 +27,10 @@ TRAIN_EXAMPLES = {"linear_regression": 2048, "nonstationary_mlp": 4096}
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=compat.positive, default=3, help="final seeds (>= 1)")
-    ap.add_argument("--epochs", type=compat.positive, default=20,
+    ap.add_argument("--seeds", type=argtypes.positive, default=3, help="final seeds (>= 1)")
+    ap.add_argument("--epochs", type=argtypes.positive, default=20,
                     help="passes over each task's training set (>= 1)")
-    ap.add_argument("--optimizers", type=compat.names, default=compat.OPTIMIZERS_010)
+    ap.add_argument("--optimizers", type=argtypes.optimizer_names, default=compat.OPTIMIZERS_010)
     ap.add_argument("--output", default="results/phase1_synthetic.json")
     args = ap.parse_args(argv)
     tasks = []

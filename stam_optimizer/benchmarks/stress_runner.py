@@ -16,13 +16,13 @@ import sys
 if __package__ in (None, ""):  # run as a file path from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from stam_optimizer.benchmarks import compat  # noqa: E402
+from stam_optimizer.benchmarks import argtypes, compat  # noqa: E402
 from stam_optimizer.benchmarks.task import Config  # noqa: E402
 from stam_optimizer.benchmarks.tasks import nonstationary  # noqa: E402
 
 
 def _sizes(text: str) -> list[int]:
-    sizes = [compat.positive(x) for x in text.split(",") if x.strip()]
+    sizes = [argtypes.positive(x) for x in text.split(",") if x.strip()]
     if not sizes:
         raise argparse.ArgumentTypeError("give at least one batch size, e.g. 4,8,32")
     return sizes
@@ -30,11 +30,11 @@ def _sizes(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=compat.positive, default=3, help="final seeds (>= 1)")
-    ap.add_argument("--steps", type=compat.positive, default=50, help="training steps (>= 1)")
+    ap.add_argument("--seeds", type=argtypes.positive, default=3, help="final seeds (>= 1)")
+    ap.add_argument("--steps", type=argtypes.positive, default=50, help="training steps (>= 1)")
     ap.add_argument("--batch-sizes", type=_sizes, default=[4, 8, 32],
                     help="comma-separated batch sizes (each >= 1)")
-    ap.add_argument("--optimizers", type=compat.names, default=compat.OPTIMIZERS_010)
+    ap.add_argument("--optimizers", type=argtypes.optimizer_names, default=compat.OPTIMIZERS_010)
     ap.add_argument("--output", default="results/stress_shift.json")
     args = ap.parse_args(argv)
     cfg = Config(size="quick", steps=args.steps)
