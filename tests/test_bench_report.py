@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stam_optimizer.benchmarks import report
+from stam_optimizer.benchmarks import claims, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEEDS = [0, 1, 2, 3, 4]
@@ -236,7 +236,7 @@ def test_corrupt_files_are_skipped_with_a_warning(tmp_path):
 def test_long_horizon_claim(tmp_path, best, outcome):
     write_runs(tmp_path, {"long_horizon_mlp": {"adamw": 0.0, **best}})
     tasks = report.group(report.load_runs(tmp_path))
-    assert report.claim_long_horizon(tasks).outcome == outcome
+    assert claims.claim_long_horizon(tasks).outcome == outcome
     text = report.build_report(tmp_path).read_text()
     assert f"**Outcome: {outcome}.**" in section(text, "### (b)")
 
@@ -244,10 +244,10 @@ def test_long_horizon_claim(tmp_path, best, outcome):
 def test_sweep_claim_not_reproduced_when_another_optimizer_is_better(tmp_path):
     write_extras(tmp_path)
     sweeps = report.group(report.load_sweeps(tmp_path))
-    assert report.claim_sweep(sweeps).outcome == "reproduced"
+    assert claims.claim_sweep(sweeps).outcome == "reproduced"
     # the same sweeps with adamw as the candidate: stam_lite beats it clearly
-    assert report.claim_sweep(sweeps, name="adamw").outcome == "not reproduced"
-    assert report.claim_sweep({}).outcome == "not run"
+    assert claims.claim_sweep(sweeps, name="adamw").outcome == "not reproduced"
+    assert claims.claim_sweep({}).outcome == "not run"
 
 
 def test_ablation_and_tolerant_memory_file(tmp_path):

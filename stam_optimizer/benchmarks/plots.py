@@ -150,8 +150,9 @@ def forest(rows: Sequence[tuple[str, float, float, float, str]], path: str | Pat
             ax.plot([lo, hi], [yi, yi], color=color, linewidth=2)
         ax.plot(mean, yi, "o", color=color)
     ax.set_yticks(y, [r[0] for r in rows], fontsize="small")
-    ax.set(xlabel=f"(candidate − {baseline}) / task min_effect  (negative: candidate better)",
-           title=f"Paired differences vs {baseline}, 95% CI, colour = verdict")
+    # two-line labels: the long task labels leave the axes too narrow for one line
+    ax.set(xlabel=f"(candidate − {baseline}) / task min_effect\n(negative: candidate better)",
+           title=f"Paired differences vs {baseline}\n95% CI, colour = verdict")
     return save(fig, path)
 
 
