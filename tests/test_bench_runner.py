@@ -74,7 +74,7 @@ def _hand_loop(task: Task, name: str, lr: float, seed: int) -> float:
     return float(task.evaluate(params, task.steps)["val_loss"])
 
 
-@pytest.mark.parametrize("name", ["adamw", "stam_full", "stam_lite"])
+@pytest.mark.parametrize("name", ["stam_full", "stam_lite"])  # AdamW: see the lr identity
 def test_runner_matches_a_plain_training_loop(name):
     task = dataclasses.replace(TASKS["nonstationary_mlp"](TINY), steps=12, eval_every=4,
                                shift_steps=(6,))
