@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a file path from the repository root
 
 import numpy as np  # noqa: E402
 
-from stam_optimizer.benchmarks import argtypes, compat, runner, speed  # noqa: E402
+from stam_optimizer.benchmarks import argtypes, compat, files, runner, speed  # noqa: E402
 from stam_optimizer.benchmarks.data import DatasetMissing  # noqa: E402
 from stam_optimizer.benchmarks.task import Config  # noqa: E402
 from stam_optimizer.benchmarks.tasks import real_data  # noqa: E402
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
            "timing": {"compile_s": compile_s, "run_s": run_s},
            "environment": speed.environment()}
     output = args.output or f"results/cifar10_cnn_{name}.json"
-    speed.write_json(output, rec)
+    files.write_json(output, rec)
     print(f"{name}: validation loss {np.nanmean(final['val_loss'][0, 0]):.4f}, "
           f"test accuracy {np.nanmean(final['test_acc'][0, 0]):.3f}")
     print(f"written: {output}")

@@ -84,18 +84,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
         if t not in speed.TREES:
             _log(f"stam-bench speed: unknown tree {t!r}; choose from {', '.join(speed.TREES)}")
             return 2
-    out = {"environment": speed.environment(), "update": [], "train_step": [],
-           "method": speed.__doc__.strip()}
-    for t in trees:
-        _log(f"update timing on {t} ({args.steps} interleaved rounds after {args.warmup} warm-up)")
-        out["update"].append(speed.time_updates(t, speed.UPDATE_OPTIMIZERS, args.steps,
-                                                args.warmup, _log))
-        speed.write_json(args.output, out)
-    for task in [x for x in args.train_tasks.split(",") if x]:
-        _log(f"train-step timing: {task}")
-        out["train_step"].append(speed.time_train_steps(
-            task, args.train_optimizers, args.steps, args.warmup, 0, _log))
-        speed.write_json(args.output, out)
+    out = speed.measure(trees, [x for x in args.train_tasks.split(",") if x],
+                        args.train_optimizers, args.steps, args.warmup, args.output, _log)
     print("Optimizer update alone (params and state donated), ratio to optax.adamw:\n")
     print(speed.update_table(out["update"]))
     if out["train_step"]:

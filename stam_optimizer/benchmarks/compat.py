@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stam_optimizer.benchmarks import programme, runner, speed, stats
+from stam_optimizer.benchmarks import files, programme, runner, speed, stats
 from stam_optimizer.benchmarks.task import Task
 
 # the optimizers the 0.1.0 runners compared, plus AdamW as the reference
@@ -34,7 +34,7 @@ def run_tasks(tasks: Sequence[Task], optimizers: Sequence[str], seeds: int,
                                                "custom"))
     out = {"schema": runner.SCHEMA, "kind": "legacy", "command": command, "runs": records,
            "environment": speed.environment()}
-    speed.write_json(output, out)
+    files.write_json(output, out)
     print(table(records))
     print(f"\nwritten: {output}")
     return out

@@ -27,7 +27,6 @@ import os
 import pickle
 import random
 import tarfile
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import numpy as np
+
+from stam_optimizer.benchmarks.files import write_atomic
 
 __all__ = [
     "CORPUS_SHA256",
@@ -177,20 +178,6 @@ def _package(
     return Dataset(xs[0], ys[0], xs[1], ys[1], xs[2], ys[2])
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder + os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ----------------------------------------------------------------------------- digits
 
 
@@ -326,8 +313,8 @@ def load_mnist1d(
         info = {"sha256": hashlib.sha256(data).hexdigest(), "generator_args": record,
                 "file": npz.name}
         cache.mkdir(parents=True, exist_ok=True)
-        _write_atomic(npz, data)
-        _write_atomic(meta, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
+        write_atomic(npz, data)
+        write_atomic(meta, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
     return _finish(arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"],
                    normalize=normalize, image=False)
 

@@ -19,7 +19,7 @@ import sys
 if __package__ in (None, ""):  # run as a file path from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from stam_optimizer.benchmarks import registry, speed  # noqa: E402
+from stam_optimizer.benchmarks import files, registry, speed  # noqa: E402
 from stam_optimizer.benchmarks.cli import _log  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         names.append("adamw")
     runs = [speed.time_train_steps(args.task, names, args.timed_steps, args.warmup_steps,
                                    seed, _log) for seed in range(args.seeds)]
-    speed.write_json(args.output, {"environment": speed.environment(), "runs": runs,
+    files.write_json(args.output, {"environment": speed.environment(), "runs": runs,
                                    "method": speed.__doc__.strip()})
     print(speed.train_table(runs))
     print(f"\nwritten: {args.output}")

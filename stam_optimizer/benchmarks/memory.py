@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stam_optimizer.benchmarks import registry, speed
+from stam_optimizer.benchmarks import files, registry, speed
 from stam_optimizer.benchmarks.argtypes import optimizer_names
 
 MB = 2**20
@@ -313,11 +313,11 @@ def run(args: argparse.Namespace) -> int:
            "method": __doc__.strip(), "memory_analysis_notes": MEMORY_ANALYSIS_NOTES,
            "rows": state_rows(list(args.models), optimizers), "int8_target": int8_target(),
            "compiled": []}
-    speed.write_json(args.output, out)
+    files.write_json(args.output, out)
     if not args.no_compiled:
         _log(f"compiling the update of {len(optimizers)} optimizers on {args.compiled_model}")
         out["compiled"] = compiled_rows(args.compiled_model, optimizers, _log)
-        speed.write_json(args.output, out)
+        files.write_json(args.output, out)
     print("Optimizer state, bytes per parameter (ratio to optax.adamw):\n")
     print(bytes_table(out["rows"]))
     if out["compiled"]:

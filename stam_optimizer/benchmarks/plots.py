@@ -7,8 +7,8 @@ returns the path it wrote, or None when there was nothing to draw.
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from stam_optimizer.benchmarks.files import write_atomic
 from stam_optimizer.benchmarks.stats import mean_ci
 
 STYLES = ("-", "--", "-.", ":")
@@ -32,16 +33,9 @@ def _figure(width: float = 7.0, height: float = 4.5) -> Figure:
 
 def save(fig: Figure, path: str | Path) -> Path:
     """Writes `fig` as a PNG to `path` via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return write_atomic(path, buf.getvalue())
 
 
 def _column_band(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer.benchmarks import registry, runner, speed
+from stam_optimizer.benchmarks import files, memory, registry, runner, speed
 from stam_optimizer.benchmarks.data import DatasetMissing
 from stam_optimizer.benchmarks.task import Config, Task
 from stam_optimizer.benchmarks.tasks import QUICK_EXTRA, QUICK_OPTIMIZERS, SUITES, TASKS
@@ -104,7 +104,7 @@ def run_job(job: Job, task: Task, out: Path, size: str) -> dict:
         rec = runner.sweep(task, job.optimizer, list(lrs), list(wds), seeds, size)
     else:
         rec = runner.tune_and_run(task, job.optimizer, *SEEDS[size], size)
-    speed.write_json(str(job.path(out)), rec)
+    files.write_json(str(job.path(out)), rec)
     return rec
 
 
@@ -120,19 +120,17 @@ def smoke(out: Path) -> dict:
         state = tx.init(params)
         updates, state = jax.jit(tx.update)(grads, state, params)
         new = optax.apply_updates(params, updates)
-        nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
+        nbytes = memory.tree_bytes(state)
         rows.append({"optimizer": name, "params": n, "state_bytes": int(nbytes),
                      "bytes_per_param": nbytes / n,
                      "finite": bool(all(jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new)))})
     rec = {"schema": runner.SCHEMA, "kind": "smoke", "rows": rows,
            "environment": speed.environment()}
-    speed.write_json(str(out / "smoke.json"), rec)
+    files.write_json(str(out / "smoke.json"), rec)
     return rec
 
 
 def memory_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
-    from stam_optimizer.benchmarks import memory
-
     models = {"tiny": "small_mlp", "quick": "small_mlp,transformer"}.get(size, ",".join(
         memory.MODELS))
     p = argparse.ArgumentParser()
@@ -146,14 +144,8 @@ def memory_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
 def timing_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
     trees, steps, tasks = {"tiny": (["square8"], 2, []), "quick": (["square8"], 10, []),
                            "full": (list(speed.TREES), 20, ["mlp", "transformer"])}[size]
-    rec = {"environment": speed.environment(), "update": [], "train_step": [],
-           "method": speed.__doc__.strip()}
-    for t in trees:
-        rec["update"].append(speed.time_updates(t, speed.UPDATE_OPTIMIZERS, steps, 3, log))
-    for t in tasks:
-        rec["train_step"].append(speed.time_train_steps(t, list(registry.OPTIMIZERS), steps, 3,
-                                                        0, log))
-    speed.write_json(str(out / "speed.json"), rec)
+    speed.measure(trees, tasks, list(registry.OPTIMIZERS), steps, 3, str(out / "speed.json"),
+                  log)
 
 
 class _Progress:

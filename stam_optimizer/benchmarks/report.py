@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import json
 import math
-import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from stam_optimizer.benchmarks.claims import (
     int8_section,
     verdict_counts,
 )
+from stam_optimizer.benchmarks.files import write_atomic
 from stam_optimizer.benchmarks.stats import mean_ci, performance_profile, steps_to_target
 
 PRETTY = {"adamw": "AdamW", "stam_full": "STAM", "stam_lite": "STAMLite", "nadam": "NAdam"}
@@ -151,12 +151,6 @@ def _safe(name: str) -> str:
 
 def _image(path: Path | None, caption: str) -> list[str]:
     return [f"![{caption}]({path.name})", ""] if path else []
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass
@@ -422,5 +416,5 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                     _profile, _sweep_maps, _memory, _speed):
         lines += section(ctx)
     path = out / "report.md"
-    _write_text(path, re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip() + "\n")
+    write_atomic(path, (re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip() + "\n").encode())
     return path

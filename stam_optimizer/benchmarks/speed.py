@@ -9,7 +9,6 @@ to `optax.adamw` taken per round (paired) before the median.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 import optax
 
 from stam_optimizer.benchmarks import registry
+from stam_optimizer.benchmarks.files import write_json
 
 # Bytes moved per parameter by one update in float32, counted from SPEC.md and
 # NOTES.md: AdamW reads p, g, m, v and writes p, m, v; STAM needs a statistics
@@ -237,13 +237,22 @@ def environment() -> dict:
     }
 
 
-def write_json(path: str, data: dict) -> None:
-    """Writes `data` atomically: a half-written file never replaces a good one."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+def measure(trees: list[str], train_tasks: list[str], train_optimizers: list[str],
+            steps: int, warmup: int, output: str, log: Callable[[str], None]) -> dict:
+    """Update timings on `trees`, then train-step timings of `train_tasks`; the
+    JSON record is rewritten to `output` after each part, so nothing measured is
+    lost if a later part is interrupted."""
+    out = {"environment": environment(), "update": [], "train_step": [],
+           "method": __doc__.strip()}
+    for t in trees:
+        log(f"update timing on {t} ({steps} interleaved rounds after {warmup} warm-up)")
+        out["update"].append(time_updates(t, UPDATE_OPTIMIZERS, steps, warmup, log))
+        write_json(output, out)
+    for task in train_tasks:
+        log(f"train-step timing: {task}")
+        out["train_step"].append(time_train_steps(task, train_optimizers, steps, warmup, 0, log))
+        write_json(output, out)
+    return out
 
 
 def update_table(runs: list[dict]) -> str:
