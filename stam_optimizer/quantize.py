@@ -193,3 +193,49 @@ def zeros(shape: tuple[int, ...], block: int = 256) -> QuantizedArray:
     n_blocks = -(-math.prod(shape) // block)
     return QuantizedArray(jnp.full((n_blocks, block), OFFSET, jnp.uint8),
                           jnp.zeros((n_blocks,), jnp.float32))
+
+
+# Below this many elements per block, the float32 scales would cost more than
+# 1/8 byte per element: a sharded leaf that only aligns with smaller blocks
+# stays unquantised instead.
+MIN_ALIGNED_BLOCK = 32
+
+
+def _axis_size(mesh: jax.sharding.Mesh, entry: str | tuple[str, ...]) -> int:
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(mesh.shape[a] for a in names)
+
+
+def zeros_like(x: jax.Array, block: int = 256) -> QuantizedArray | None:
+    """The quantised zero tensor for parameter `x`, laid out as `x` is sharded.
+
+    Unsharded or replicated `x`: `zeros(x.shape, block)` (replicated over `x`'s
+    mesh). `x` sharded along its first axis only (the FSDP layout): each device
+    holds a contiguous run of the flattened tensor, so the blocks are made to
+    tile every shard exactly — the block becomes the largest divisor of the
+    shard size that is at most `block` — and the codes and scales are sharded
+    along their block axis over the same mesh axes. No block then straddles a
+    shard boundary, and every device keeps 1 byte per element of its own shard
+    plus its blocks' scales. Returns None (keep the leaf unquantised) when `x`
+    is sharded along another axis, or when the aligned block would be smaller
+    than `MIN_ALIGNED_BLOCK`.
+    """
+    sharding = getattr(x, "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return zeros(x.shape, block)
+    mesh = sharding.mesh
+    if sharding.is_fully_replicated:
+        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        return jax.device_put(zeros(x.shape, block), rep)
+    spec = tuple(sharding.spec)
+    if any(entry is not None for entry in spec[1:]):
+        return None
+    shard = math.prod(x.shape) // _axis_size(mesh, spec[0])
+    aligned = next(d for d in range(min(block, shard), 0, -1) if shard % d == 0)
+    if aligned < MIN_ALIGNED_BLOCK:
+        return None
+    q = zeros(x.shape, aligned)
+    P = jax.sharding.PartitionSpec
+    return QuantizedArray(
+            jax.device_put(q.codes, jax.sharding.NamedSharding(mesh, P(spec[0], None))),
+            jax.device_put(q.scales, jax.sharding.NamedSharding(mesh, P(spec[0]))))

@@ -140,6 +140,11 @@ def scale_by_stam_lite(
         rounding). Default 4096, ≥ 0.
       quantize_mask: with "int8", a pytree (or callable params -> pytree) of
         bools; False keeps that tensor in float32 (e.g. embeddings).
+        With params sharded along their first axis (FSDP), the int8 blocks
+        tile each shard exactly and the codes are sharded with the param (the
+        block of such a leaf may shrink to a divisor of its shard size); a leaf
+        sharded along another axis stays float32, sharded like the param. See
+        `quantize.zeros_like`.
       stochastic_rounding: with "int8", round μ stochastically (unbiased),
         keyed from `seed` and the step count, so runs are reproducible. Use it for
         β₁ close to 1, where nearest rounding can freeze small entries of μ.
@@ -170,9 +175,12 @@ def scale_by_stam_lite(
             return c.zeros_like_tree(params, dtype)
         mask = quantize_mask(params) if callable(quantize_mask) else quantize_mask
         mask = jax.tree.map(lambda _: True, params) if mask is None else mask
-        return jax.tree.map(
-            lambda p, m: (qz.zeros(p.shape, block_size) if m and p.size >= min_quantized_size
-                          else jnp.zeros_like(p, dtype=jnp.float32)), params, mask)
+
+        def leaf(p, m):
+            q = qz.zeros_like(p, block_size) if m and p.size >= min_quantized_size else None
+            return jnp.zeros_like(p, dtype=jnp.float32) if q is None else q
+
+        return jax.tree.map(leaf, params, mask)
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)

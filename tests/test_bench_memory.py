@@ -97,6 +97,16 @@ def test_stam_lite_float_state_bytes_per_param():
     assert f32 * n == 4 * n + scalars and bf16 * n == 2 * n + scalars
 
 
+def test_stam_bf16_moments_halve_stam_state():
+    params = memory.wide_linear()
+    n = memory.param_count(params)
+    f32 = memory.state_bytes(registry.get("stam_full"), params)
+    bf16 = memory.state_bytes(registry.get("stam_full_bf16"), params)
+    # μ and ν drop from 4 to 2 bytes each; the per-tensor scalars stay float32.
+    assert f32 - bf16 == 2 * 2 * n
+    assert 4.0 < bf16 / n < 4.0 + 1e-4
+
+
 @pytest.mark.parametrize("size", [5000, 77000, 256 * 40])
 def test_int8_state_of_one_big_leaf_is_exact(size):
     params = _abstract({"w": (size,)})

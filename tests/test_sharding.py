@@ -18,6 +18,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import stam_optimizer as so
+from stam_optimizer import quantize as qz
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"w1": (16, 12), "w2": (24, 40), "emb": (40, 8), "b": (13,), "odd": (5, 3), "s": ()}
@@ -133,11 +134,50 @@ def test_two_processes_match_one_process(tmp_path):
     assert "loss" in r1.stdout and "optimizer state" in r1.stdout
 
 
-def test_int8_state_is_correct_under_sharding():
-    # Correct, but not yet memory-proportional: the codes are blocks of the
-    # flattened tensor and come out replicated (open in the memory issue).
-    (p1, _), (p2, _) = _run_both("int8", np.float32, lambda: so.stam_lite(
-        1e-2, state_dtype="int8", min_quantized_size=0))
-    for k in SHAPES:
-        a, b = np.asarray(p1[k], np.float64), np.asarray(p2[k], np.float64)
+INT8_LEAVES = {  # shape, spec, the expected μ layout: block size, or None for float32
+    "w": ((64, 256), P("fsdp"), 256),  # shards of 2048 elements: blocks of 256
+    "v": ((800, 60), P("fsdp"), 250),  # shards of 6000: largest divisor <= 256
+    "c": ((64, 128), P(None, "fsdp"), None),  # columns sharded: stays float32
+    "t": ((8, 600), P("fsdp"), 200),  # shards of 600: blocks of 200
+    "s": ((8 * 1009,), P("fsdp"), None),  # shards of 1009 (prime): float32
+    "b": ((1200,), P(), 256),  # replicated: the plain layout, replicated
+}
+
+
+def _int8(block=256):
+    return so.stam_lite(1e-2, state_dtype="int8", min_quantized_size=1000, block_size=block)
+
+
+def test_int8_blocks_tile_shards_and_match_single_device():
+    mesh = _mesh()
+    rng = np.random.default_rng(1)
+    params = {k: rng.normal(size=s).astype(np.float32) for k, (s, _, _) in INT8_LEAVES.items()}
+    grads = [{k: (rng.normal(size=v.shape) + 0.3).astype(np.float32) for k, v in params.items()}
+             for _ in range(12)]
+
+    def place(tree):
+        return {k: jax.device_put(v, NamedSharding(mesh, INT8_LEAVES[k][1]))
+                for k, v in tree.items()}
+
+    tx = _int8()
+    (mu0,) = [s.mu for s in so.find_states(tx.init(place(params)))]
+    sharded, state = _train(tx, params, grads, place)
+    (mu,) = [s.mu for s in so.find_states(state)]
+    for k, (_, spec, block) in INT8_LEAVES.items():
+        for leaf in (mu0[k], mu[k]):  # as built by init, and after 12 donated steps
+            if block is None:
+                assert leaf.dtype == jnp.float32 and leaf.sharding.spec == spec, k
+                continue
+            assert isinstance(leaf, qz.QuantizedArray), k
+            assert leaf.codes.dtype == jnp.uint8 and leaf.codes.shape[1] == block, k
+            for arr in leaf:
+                per_device = arr.addressable_shards[0].data.nbytes
+                assert per_device * (8 if spec == P("fsdp") else 1) == arr.nbytes, k
+                assert arr.sharding.is_fully_replicated == (spec == P()), k
+        # Tensors are independent in STAMLite: one leaf alone on one device, in the
+        # same layout, is the reference.
+        alone, _ = _train(_int8(block or 256) if block else so.stam_lite(1e-2),
+                          {k: params[k]}, [{k: g[k]} for g in grads],
+                          lambda t: jax.tree.map(jnp.asarray, t))
+        a, b = np.asarray(alone[k], np.float64), np.asarray(sharded[k], np.float64)
         assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(a)), k

@@ -26,6 +26,7 @@ from stam_optimizer.benchmarks import files, memory, speed  # noqa: E402
 # Registry name -> label printed in the report (STAM first, as in 0.1.0).
 VARIANTS = {
     "stam_full": "STAM",
+    "stam_full_bf16": "STAM bf16 moments",
     "stam_lite": "STAMLite float32",
     "stam_lite_bf16": "STAMLite bf16",
     "stam_lite_int8": "STAMLite int8",
