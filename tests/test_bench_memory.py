@@ -233,9 +233,10 @@ def test_resource_report_file_path_form(tmp_path):
     pattern = re.compile(r"^(\w+): AdamW state=([\d.]+)MB, (.+) state=([\d.]+)MB, "
                          r"ratio=([\d.]+)x$")
     parsed = [pattern.match(line) for line in lines if line.startswith(("small", "trans"))]
-    assert len(parsed) == 8 and all(parsed)
-    labels = [m.group(3) for m in parsed[:4]]
-    assert labels == ["STAM", "STAMLite float32", "STAMLite bf16", "STAMLite int8"]
+    assert len(parsed) == 10 and all(parsed)
+    labels = [m.group(3) for m in parsed[:5]]
+    assert labels == ["STAM", "STAM bf16 moments", "STAMLite float32", "STAMLite bf16",
+                      "STAMLite int8"]
     for entry in data["models"]:
         for v in entry["variants"].values():
             m = next(m for m in parsed if m.group(1) == entry["model"]
