@@ -46,6 +46,13 @@ def test_speed_command_writes_json_and_table(tmp_path, capsys):
     (run,) = data["update"]
     assert set(run["optimizers"]) == set(speed.UPDATE_OPTIMIZERS)
     assert run["optimizers"]["adamw"]["ratio_to_adamw"] == 1.0
+    opt = run["optimizers"]
+    assert opt["adamw"]["hlo_traffic_ratio_to_adamw"] == 1.0
+    # STAM reads g and μ for its statistics on top of an Adam update; STAMLite
+    # has one buffer instead of two.
+    assert opt["stam_full"]["hlo_traffic_ratio_to_adamw"] > 1.0
+    assert opt["stam_lite"]["hlo_traffic_ratio_to_adamw"] < 1.0
+    assert opt["adamw"]["hlo_bytes_per_param"] >= 28  # at least p, g, m, v in; p, m, v out
     assert run["copy_GBps"] > 0 and data["environment"]["jax"] == jax.__version__
     assert set(data["train_step"][0]["optimizers"]) == {"stam_full", "adamw"}
     printed = capsys.readouterr().out

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer.benchmarks import registry
+from stam_optimizer.benchmarks import hlo_traffic, registry
 from stam_optimizer.benchmarks.files import write_json
 
 # Bytes moved per parameter by one update in float32, counted from SPEC.md and
@@ -59,11 +59,12 @@ def make_tree(name: str) -> dict:
 def _compiled_runner(step: Callable, params, state, extra: tuple, warmup: int):
     """Compiles `step(params, state, *extra) -> (params, state, *rest)` with params
     and state donated, runs the warm-up, and returns a runner that does one
-    blocking step, the compile time, and the box holding the live values."""
+    blocking step, the compile time, and the box holding the live values (and,
+    under "hlo", the kernels and bytes of the compiled program)."""
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, *extra).compile()
     compile_s = time.perf_counter() - t0
-    box = {"p": params, "s": state, "rest": ()}
+    box = {"p": params, "s": state, "rest": (), "hlo": hlo_traffic.traffic(compiled.as_text())}
 
     def run():
         box["p"], box["s"], *box["rest"] = compiled(box["p"], box["s"], *extra)
@@ -112,7 +113,7 @@ def time_updates(tree_name: str, names: list[str], steps: int, warmup: int,
     tree = make_tree(tree_name)
     n = sum(x.size for x in jax.tree.leaves(tree))
     grads = jax.tree.map(lambda x: x * 0.01, tree)
-    runners, compile_s = {}, {}
+    runners, compile_s, hlo = {}, {}, {}
     for name in names:
         tx = registry.get(name)
 
@@ -121,8 +122,9 @@ def time_updates(tree_name: str, names: list[str], steps: int, warmup: int,
             return optax.apply_updates(params, updates), state
 
         params = jax.tree.map(jnp.copy, tree)
-        runners[name], compile_s[name], _ = _compiled_runner(
+        runners[name], compile_s[name], box = _compiled_runner(
             step, params, tx.init(params), (grads,), warmup)
+        hlo[name] = box["hlo"]
         log(f"  {tree_name}: compiled {name} in {compile_s[name]:.2f}s")
     times = _interleave(runners, steps)
     result = _summary(times, "adamw")
@@ -130,6 +132,11 @@ def time_updates(tree_name: str, names: list[str], steps: int, warmup: int,
     for name in names:
         r = result[name]
         r["compile_s"] = compile_s[name]
+        r["hlo_kernels"] = hlo[name]["kernels"]
+        r["hlo_bytes_per_param"] = hlo[name]["bytes"] / n
+        if "adamw" in names:
+            r["compile_ratio_to_adamw"] = compile_s[name] / compile_s["adamw"]
+            r["hlo_traffic_ratio_to_adamw"] = hlo[name]["bytes"] / hlo["adamw"]["bytes"]
         if name in BYTES_PER_PARAM:
             r["bytes_per_param"] = BYTES_PER_PARAM[name]
             r["achieved_GBps"] = BYTES_PER_PARAM[name] * n / r["median_s"] / 1e9
@@ -256,9 +263,11 @@ def measure(trees: list[str], train_tasks: list[str], train_optimizers: list[str
 
 
 def update_table(runs: list[dict]) -> str:
-    """Markdown table of update-only ratios (the headline) and bandwidth."""
+    """Markdown table of update-only ratios (the headline), the traffic of the
+    compiled program, bandwidth and compile time."""
     lines = ["| tree | params | optimizer | ratio to adamw (median) | target | median ms"
-             " (min–max) | GB/s (copy GB/s) | compile s |", "|---|---|---|---|---|---|---|---|"]
+             " (min–max) | GB/s (copy GB/s) | kernels | HLO B/param (ratio) | compile s"
+             " (ratio) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for name, r in run["optimizers"].items():
             target = TARGETS.get(name)
@@ -269,8 +278,18 @@ def update_table(runs: list[dict]) -> str:
                 f"{r['ratio_to_adamw']:.2f} | {verdict} | {r['median_s'] * 1e3:.2f} "
                 f"({r['min_s'] * 1e3:.2f}–{r['max_s'] * 1e3:.2f}) | "
                 f"{r.get('achieved_GBps', float('nan')):.1f} ({run['copy_GBps']:.1f}) | "
-                f"{r['compile_s']:.2f} |")
+                f"{r.get('hlo_kernels', '')} | {_pair(r, 'hlo_bytes_per_param', 'hlo_traffic')} | "
+                f"{_pair(r, 'compile_s', 'compile')} |")
     return "\n".join(lines)
+
+
+def _pair(r: dict, value: str, ratio: str) -> str:
+    """`value (ratio)` from a timing record; older files lack the HLO fields."""
+    if value not in r:
+        return ""
+    text = f"{r[value]:.2f}"
+    return f"{text} ({r[ratio + '_ratio_to_adamw']:.2f})" if ratio + "_ratio_to_adamw" in r \
+        else text
 
 
 def train_table(runs: list[dict]) -> str:
