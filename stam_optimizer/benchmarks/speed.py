@@ -5,6 +5,12 @@ state donated; compile time measured apart; warm-up steps excluded;
 `block_until_ready` after every step; optimizers interleaved A B A B ... so that
 machine noise hits all of them alike; medians reported with min–max, and ratios
 to `optax.adamw` taken per round (paired) before the median.
+
+Next to each update time stands the traffic of its compiled program, read from
+the HLO (`hlo_traffic`): how many kernels XLA runs and how many bytes they read
+and write per parameter. Its ratio to AdamW's is the time ratio to expect if
+both ran at the same bandwidth; a measured ratio well above it means the
+update is bound by arithmetic or per-kernel overhead rather than memory.
 """
 
 from __future__ import annotations
