@@ -163,7 +163,13 @@ def tensor_sums(
         flat = [jnp.concatenate([args[i][k].astype(dtype).reshape(-1) for i in live])
                 for k in range(1 + len(others))]
         flat[0] = sanitize(flat[0], dtype)
-        ids = np.repeat(np.array(live), [args[i][0].size for i in live])
+        # The leaf of every element, built at run time: as a constant it would
+        # be baked into the executable (256 MB for 64M params), and XLA would
+        # spend seconds folding it (hence the barrier).
+        starts = np.cumsum([args[i][0].size for i in live])[:-1]
+        marks = jax.lax.optimization_barrier(jnp.zeros(flat[0].shape, jnp.int32))
+        marks = marks.at[starts].set(1)
+        ids = jnp.asarray(np.array(live, np.int32))[jnp.cumsum(marks)]
         return tuple(jax.ops.segment_sum(f(*flat), ids, num_segments=n,
                                          indices_are_sorted=True) for f in fns)
 
