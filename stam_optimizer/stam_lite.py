@@ -67,13 +67,14 @@ def _requantize(mu: qz.QuantizedArray, g: jax.Array, beta1: jax.Array, count: ja
     before being overwritten. The loop boundary makes the update read the
     stored codes instead (measured 10–30% faster than the plain form). β₁ rides in
     the loop carry, changed by a no-op `where`, so that XLA does not hoist the
-    g term out of the loop into a full-size temporary.
+    g term out of the loop into a full-size temporary; the rounding key rides
+    along the same way, or the random numbers would be hoisted out as well.
     """
     block = mu.codes.shape[1]
     g_blocks = qz.blocks(g, block)
 
     def body(carry):
-        i, codes, scales, b = carry
+        i, codes, scales, b, key = carry
         k = (b / qz.LEVELS**2 * scales.astype(dt))[:, None]
 
         def mix(codes, g_blocks):
@@ -83,11 +84,12 @@ def _requantize(mu: qz.QuantizedArray, g: jax.Array, beta1: jax.Array, count: ja
 
         new = qz.block_absmax(lambda lo, hi: mix(codes[:, lo:hi], g_blocks[:, lo:hi]), block)
         codes = qz.encode_blocks(mix(codes, g_blocks), new, key)
-        return i + 1, codes, new.astype(jnp.float32), jnp.where(i < 0, 2 * b, b)
+        return (i + 1, codes, new.astype(jnp.float32), jnp.where(i < 0, 2 * b, b),
+                None if key is None else jnp.where(i < 0, key + 1, key))
 
     once = (count >= 0).astype(jnp.int32)  # 1 (the step count is never negative)
-    _, codes, scales, _ = jax.lax.while_loop(lambda carry: carry[0] < once, body,
-                                             (jnp.int32(0), mu.codes, mu.scales, beta1))
+    _, codes, scales, _, _ = jax.lax.while_loop(lambda carry: carry[0] < once, body,
+                                                (jnp.int32(0), mu.codes, mu.scales, beta1, key))
     return qz.QuantizedArray(codes, scales)
 
 

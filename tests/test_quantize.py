@@ -103,6 +103,19 @@ def test_stochastic_rounding_is_unbiased():
     assert abs(draws.mean() - 0.3) < 1e-4 < abs(nearest - 0.3)
 
 
+def test_rounding_uniforms_are_uniform_reproducible_and_keyed():
+    from scipy import stats
+    key = jax.random.PRNGKey(3)
+    u = np.asarray(qz.uniform(key, (64, 256)), np.float64)
+    assert u.dtype == np.float64 and u.min() >= 0.0 and u.max() < 1.0
+    assert stats.kstest(u.ravel(), "uniform").pvalue > 1e-3
+    np.testing.assert_array_equal(u, np.asarray(qz.uniform(key, (64, 256))))
+    other = np.asarray(qz.uniform(jax.random.PRNGKey(4), (64, 256)), np.float64)
+    assert abs(stats.pearsonr(u.ravel(), other.ravel()).statistic) < 0.02
+    # Neighbouring elements are not correlated either.
+    assert abs(stats.pearsonr(u.ravel()[:-1], u.ravel()[1:]).statistic) < 0.02
+
+
 def _mixed_params():
     return {"w": jnp.zeros((64, 128)), "b": jnp.zeros((128,)), "emb": jnp.zeros((100, 64))}
 
