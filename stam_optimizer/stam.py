@@ -148,17 +148,21 @@ def scale_by_stam(
              (prod, state.beta1_prod)))
         nu_bias = c.one_minus_pow(b2, t + 1, dt)
 
-        def leaf_update(g, mu, nu, beta1, prod):
+        # 1/(1−Π) per tensor: a scalar divide inside the loop would become a
+        # separate small kernel per tensor.
+        inv_mu_bias = 1 / (1 - prod)
+
+        def leaf_update(g, mu, nu, beta1, inv_mu_bias):
             g = c.sanitize(g, dt)
             mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
             new_nu = b2 * nu.astype(dt) + (1 - b2) * g**2
-            mu_hat = c.read_back(mu, dt) / (1 - prod)  # the stored μ (see c.read_back)
+            mu_hat = c.read_back(mu, dt) * inv_mu_bias  # the stored μ (see c.read_back)
             # ν is used before storage: a float16 ν flushes small g² to 0
             nu_hat = new_nu / nu_bias
             u = mu_hat / (jnp.sqrt(nu_hat) + eps)
             return u, mu, c.store(new_nu, nu.dtype)
 
-        us, (mus, nus) = c.map_leaves(leaf_update, gs_in, [mus, nus], (beta1, prod))
+        us, (mus, nus) = c.map_leaves(leaf_update, gs_in, [mus, nus], (beta1, inv_mu_bias))
         new_state = ScaleByStamState(optax.safe_increment(t), treedef.unflatten(mus),
                                      treedef.unflatten(nus), sigma2, tau, beta1, prod)
         return treedef.unflatten(us), new_state

@@ -225,18 +225,22 @@ def scale_by_stam_lite(
         step_key = jax.random.fold_in(jax.random.PRNGKey(seed), t) if stochastic_rounding \
             else None
 
-        def leaf_update(g, mu, beta1, prod, rms, index):
+        # u = μ / (1−Π) / (√b̂ + eps), as one factor per tensor: a scalar divide
+        # inside the loop would become a separate small kernel per tensor.
+        factor = 1 / ((1 - prod) * rms)
+
+        def leaf_update(g, mu, beta1, factor, index):
             if isinstance(mu, qz.QuantizedArray):  # int8: decode, mix, re-encode
                 key = None if step_key is None else jax.random.fold_in(step_key, index)
                 mu = _requantize(mu, g, beta1, t, key, dt)
-                return qz.dequantize(mu, g.shape).astype(dt) / (1 - prod) / rms, mu
+                return qz.dequantize(mu, g.shape).astype(dt) * factor, mu
             g = c.sanitize(g, dt)
             mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
             stored = c.read_back(mu, dt)  # the stored μ (see c.read_back)
-            return stored / (1 - prod) / rms, mu
+            return stored * factor, mu
 
         index = jnp.arange(len(gs), dtype=jnp.int32)
-        us, (mus,) = c.map_leaves(leaf_update, gs_in, [mus], (beta1, prod, rms, index))
+        us, (mus,) = c.map_leaves(leaf_update, gs_in, [mus], (beta1, factor, index))
         new_state = ScaleByStamLiteState(optax.safe_increment(t), treedef.unflatten(mus),
                                          a, b, beta1, prod)
         return treedef.unflatten(us), new_state
