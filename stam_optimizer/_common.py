@@ -172,23 +172,33 @@ def tensor_sums(
         return tuple(stack(col, dtype) for col in cols)
 
     def sanitized_sums():
-        # Rare path, kept small for the compiler: all leaves in one flat vector,
-        # one segment sum per statistic.
-        live = [i for i in range(n) if args[i][0].size]
-        if not live:
-            return tuple(jnp.zeros((n,), dtype) for _ in fns)
-        flat = [jnp.concatenate([args[i][k].astype(dtype).reshape(-1) for i in live])
-                for k in range(1 + len(others))]
-        flat[0] = sanitize(flat[0], dtype)
-        # The leaf of every element, built at run time: as a constant it would
-        # be baked into the executable (256 MB for 64M params), and XLA would
-        # spend seconds folding it (hence the barrier).
-        starts = np.cumsum([args[i][0].size for i in live])[:-1]
-        marks = jax.lax.optimization_barrier(jnp.zeros(flat[0].shape, jnp.int32))
-        marks = marks.at[starts].set(1)
-        ids = jnp.asarray(np.array(live, np.int32))[jnp.cumsum(marks)]
-        return tuple(jax.ops.segment_sum(f(*flat), ids, num_segments=n,
-                                         indices_are_sorted=True) for f in fns)
+        # Rare path. Large leaves: one sum per statistic and leaf, so that the
+        # temporaries (the sanitised leaf) are one leaf's size, reused. Small
+        # leaves (kept few kernels for the compiler): one flat vector, one
+        # segment sum per statistic.
+        sums = [[jnp.zeros((), dtype)] * n for _ in fns]
+        small = [i for i in range(n) if 0 < args[i][0].size < SMALL_SUM]
+        for i in range(n):
+            if args[i][0].size >= SMALL_SUM:
+                leaf = [sanitize(args[i][0], dtype), *(x.astype(dtype) for x in args[i][1:])]
+                for k, f in enumerate(fns):
+                    sums[k][i] = jnp.sum(f(*leaf))
+        totals = [stack(col, dtype) for col in sums]
+        if small:
+            flat = [jnp.concatenate([args[i][k].astype(dtype).reshape(-1) for i in small])
+                    for k in range(1 + len(others))]
+            flat[0] = sanitize(flat[0], dtype)
+            # The small leaf of every element, built at run time: as a constant
+            # it would be baked into the executable, and XLA would spend
+            # seconds folding it (hence the barrier).
+            starts = np.cumsum([args[i][0].size for i in small])[:-1]
+            marks = jax.lax.optimization_barrier(jnp.zeros(flat[0].shape, jnp.int32))
+            ids = jnp.cumsum(marks.at[starts].set(1))
+            where = np.array(small)
+            totals = [t.at[where].set(jax.ops.segment_sum(f(*flat), ids, len(small),
+                                                          indices_are_sorted=True))
+                      for t, f in zip(totals, fns)]
+        return tuple(totals)
 
     fast = fast_sums()
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in fast]))
