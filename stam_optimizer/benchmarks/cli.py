@@ -6,6 +6,7 @@
     stam-bench report               rebuild report.md and plots from a results folder
     stam-bench list                 optimizers, tasks and suites
     stam-bench speed [options]      update-only and train-step timing
+    stam-bench profile [options]    time per kernel of one optimizer update
     stam-bench memory [options]     optimizer-state bytes and compiled step memory
 """
 
@@ -15,8 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from stam_optimizer.benchmarks import memory, programme, registry, speed
+from stam_optimizer.benchmarks import kernel_profile, memory, programme, registry, speed
 from stam_optimizer.benchmarks.argtypes import nonnegative, optimizer_names, positive
+from stam_optimizer.benchmarks.files import write_json
 from stam_optimizer.benchmarks.tasks import SUITES, TASKS
 
 
@@ -95,6 +97,25 @@ def cmd_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tree(text: str) -> str:
+    if text not in speed.TREES:
+        raise argparse.ArgumentTypeError(f"unknown tree {text!r}; choose from "
+                                         f"{', '.join(speed.TREES)}")
+    return text
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    results = []
+    for name in args.optimizers:
+        _log(f"profiling {name} on {args.tree} ({args.rounds} steps)")
+        results.append(kernel_profile.profile_update(args.tree, name, args.rounds, args.warmup))
+        print(kernel_profile.table(results[-1], args.top) + "\n")
+    write_json(args.output, {"environment": speed.environment(), "profiles": results,
+                             "method": kernel_profile.__doc__.strip()})
+    print(f"written: {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="stam-bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
                    default=list(registry.OPTIMIZERS), help="comma-separated registry names")
     p.add_argument("--output", default="results/speed.json", help="JSON file to write")
     p.set_defaults(func=cmd_speed)
+    p = sub.add_parser("profile", help="time per kernel of optimizer updates",
+                       description=kernel_profile.__doc__)
+    p.add_argument("--tree", type=_tree, default="large64",
+                   help=f"parameter tree: {', '.join(speed.TREES)} (default large64)")
+    p.add_argument("--optimizers", type=optimizer_names, default=["adamw", "stam_full"],
+                   help="comma-separated registry names (default adamw,stam_full)")
+    p.add_argument("--rounds", type=positive, default=10, help="profiled steps (>= 1)")
+    p.add_argument("--warmup", type=nonnegative, default=3, help="warm-up steps (>= 0)")
+    p.add_argument("--top", type=positive, default=12, help="kernels shown per optimizer")
+    p.add_argument("--output", default="results/profile.json", help="JSON file to write")
+    p.set_defaults(func=cmd_profile)
     return ap
 
 

@@ -92,14 +92,13 @@ def computations(hlo: str) -> tuple[dict[str, list[str]], str]:
     return comps, entry
 
 
-def traffic(hlo: str) -> dict:
-    """Kernels (by op, fusions by kind) and bytes read + written by `hlo`'s kernels."""
+def kernel_list(hlo: str) -> list[dict]:
+    """Every kernel of `hlo` in program order: its instruction name, op (fusions
+    by kind) and the bytes it reads and writes."""
     comps, entry = computations(hlo)
-    kernels: Counter[str] = Counter()
-    moved = 0
+    found: list[dict] = []
 
     def walk(name: str) -> None:
-        nonlocal moved
         sizes: dict[str, int] = {}
         for line in comps[name]:
             head = _HEAD.match(line)
@@ -116,9 +115,16 @@ def traffic(hlo: str) -> dict:
             if op in NOT_KERNELS:
                 continue
             kind = re.search(r"kind=(\w+)", attrs)
-            kernels[f"fusion:{kind.group(1)}" if op == "fusion" and kind else op] += 1
-            moved += out + sum(sizes.get(a, 0) for a in args)
+            found.append({"name": head.group(1),
+                          "op": f"fusion:{kind.group(1)}" if op == "fusion" and kind else op,
+                          "bytes": out + sum(sizes.get(a, 0) for a in args)})
 
     walk(entry)
-    return {"kernels": int(sum(kernels.values())), "by_op": dict(kernels),
-            "bytes": int(moved)}
+    return found
+
+
+def traffic(hlo: str) -> dict:
+    """Kernels (by op, fusions by kind) and bytes read + written by `hlo`'s kernels."""
+    found = kernel_list(hlo)
+    return {"kernels": len(found), "by_op": dict(Counter(k["op"] for k in found)),
+            "bytes": int(sum(k["bytes"] for k in found))}

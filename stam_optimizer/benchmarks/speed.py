@@ -70,7 +70,9 @@ def _compiled_runner(step: Callable, params, state, extra: tuple, warmup: int):
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, *extra).compile()
     compile_s = time.perf_counter() - t0
-    box = {"p": params, "s": state, "rest": (), "hlo": hlo_traffic.traffic(compiled.as_text())}
+    text = compiled.as_text()
+    box = {"p": params, "s": state, "rest": (), "hlo": hlo_traffic.traffic(text),
+           "hlo_text": text}
 
     def run():
         box["p"], box["s"], *box["rest"] = compiled(box["p"], box["s"], *extra)
@@ -113,23 +115,33 @@ def copy_bandwidth(n_floats: int, steps: int = 20) -> float:
     return 2 * 4 * n_floats / float(np.median(ts))
 
 
+def update_grads(tree: dict) -> dict:
+    """The gradients every update timing feeds: 1% of the params."""
+    return jax.tree.map(lambda x: x * 0.01, tree)
+
+
+def update_runner(name: str, tree: dict, grads: dict, warmup: int):
+    """`_compiled_runner` for the update (plus `apply_updates`) of registry
+    optimizer `name` on a fresh copy of `tree`."""
+    tx = registry.get(name)
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params = jax.tree.map(jnp.copy, tree)
+    return _compiled_runner(step, params, tx.init(params), (grads,), warmup)
+
+
 def time_updates(tree_name: str, names: list[str], steps: int, warmup: int,
                  log: Callable[[str], None]) -> dict:
     """Optimizer update alone (plus `apply_updates`), donated, interleaved."""
     tree = make_tree(tree_name)
     n = sum(x.size for x in jax.tree.leaves(tree))
-    grads = jax.tree.map(lambda x: x * 0.01, tree)
+    grads = update_grads(tree)
     runners, compile_s, hlo = {}, {}, {}
     for name in names:
-        tx = registry.get(name)
-
-        def step(params, state, grads, tx=tx):
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
-
-        params = jax.tree.map(jnp.copy, tree)
-        runners[name], compile_s[name], box = _compiled_runner(
-            step, params, tx.init(params), (grads,), warmup)
+        runners[name], compile_s[name], box = update_runner(name, tree, grads, warmup)
         hlo[name] = box["hlo"]
         log(f"  {tree_name}: compiled {name} in {compile_s[name]:.2f}s")
     times = _interleave(runners, steps)
