@@ -42,9 +42,11 @@ def test_profile_command_writes_json_and_table(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "stam_lite on square8: update" in printed
     assert printed.count("| fusion:") == 3
+    assert "their times sum to" in printed
 
 
 def test_profile_command_rejects_unknown_tree(capsys):
     with pytest.raises(SystemExit):
         cli.main(["profile", "--tree", "huge"])
-    assert "unknown tree 'huge'; choose from small200, square8, large64" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown tree 'huge'; choose from small200, square8, large64, single16" in err

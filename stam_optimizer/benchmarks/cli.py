@@ -169,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_speed)
     p = sub.add_parser("profile", help="time per kernel of optimizer updates",
                        description=kernel_profile.__doc__)
-    p.add_argument("--tree", type=_tree, default="large64",
-                   help=f"parameter tree: {', '.join(speed.TREES)} (default large64)")
+    p.add_argument("--tree", type=_tree, default="single16",
+                   help=f"parameter tree: {', '.join(speed.TREES)} (default single16)")
     p.add_argument("--optimizers", type=optimizer_names, default=["adamw", "stam_full"],
                    help="comma-separated registry names (default adamw,stam_full)")
     p.add_argument("--rounds", type=positive, default=10, help="profiled steps (>= 1)")

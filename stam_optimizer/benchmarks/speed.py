@@ -42,11 +42,11 @@ TARGETS = {"stam_full": 1.30, "stam_lite": 0.90, "stam_lite_bf16": 0.80, "stam_l
            "adams": 0.95}
 
 
-TREES = ("small200", "square8", "large64")
+TREES = ("small200", "square8", "large64", "single16")
 
 
 def make_tree(name: str) -> dict:
-    """The three parameter trees of the speed issue (float32)."""
+    """The three parameter trees of the speed issue, and one tensor (float32)."""
     if name == "small200":  # ~1M params in 200 leaves of varied shapes
         rng = np.random.default_rng(0)
         shapes = [(int(rng.integers(40, 100)), int(rng.integers(40, 100))) for _ in range(200)]
@@ -59,6 +59,8 @@ def make_tree(name: str) -> dict:
         return tree
     if name == "large64":  # ~64M params in four large leaves
         return {f"w{i}": jnp.full((4096, 4096), 0.1, jnp.float32) for i in range(4)}
+    if name == "single16":  # one large64 leaf: kernels of one tensor, for profiles
+        return {"w": jnp.full((4096, 4096), 0.1, jnp.float32)}
     raise ValueError(f"unknown tree {name!r}; choose from {', '.join(TREES)}")
 
 
