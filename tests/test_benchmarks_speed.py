@@ -36,6 +36,12 @@ def test_unknown_names_are_rejected():
         cli.main(["speed", "--train-optimizers", "nope"])
 
 
+def test_speed_command_rejects_unknown_tree(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["speed", "--trees", "square8,huge"])
+    assert "unknown tree 'huge'" in capsys.readouterr().err
+
+
 def test_speed_command_writes_json_and_table(tmp_path, capsys):
     out = tmp_path / "speed.json"
     rc = cli.main(["speed", "--trees", "square8", "--steps", "2", "--warmup", "1",

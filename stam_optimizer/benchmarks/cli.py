@@ -80,13 +80,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tree(text: str) -> str:
+    if text not in speed.TREES:
+        raise argparse.ArgumentTypeError(f"unknown tree {text!r}; choose from "
+                                         f"{', '.join(speed.TREES)}")
+    return text
+
+
+def _trees(text: str) -> list[str]:
+    return [_tree(t.strip()) for t in text.split(",") if t.strip()]
+
+
 def cmd_speed(args: argparse.Namespace) -> int:
-    trees = [t.strip() for t in args.trees.split(",") if t.strip()]
-    for t in trees:
-        if t not in speed.TREES:
-            _log(f"stam-bench speed: unknown tree {t!r}; choose from {', '.join(speed.TREES)}")
-            return 2
-    out = speed.measure(trees, [x for x in args.train_tasks.split(",") if x],
+    out = speed.measure(args.trees, [x for x in args.train_tasks.split(",") if x],
                         args.train_optimizers, args.steps, args.warmup, args.output, _log)
     print("Optimizer update alone (params and state donated), ratio to optax.adamw:\n")
     print(speed.update_table(out["update"]))
@@ -95,13 +101,6 @@ def cmd_speed(args: argparse.Namespace) -> int:
         print(speed.train_table(out["train_step"]))
     print(f"\nwritten: {args.output}")
     return 0
-
-
-def _tree(text: str) -> str:
-    if text not in speed.TREES:
-        raise argparse.ArgumentTypeError(f"unknown tree {text!r}; choose from "
-                                         f"{', '.join(speed.TREES)}")
-    return text
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -157,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("speed", help="time optimizer updates and train steps fairly",
                        description=speed.__doc__)
-    p.add_argument("--trees", default="small200,square8,large64",
+    p.add_argument("--trees", type=_trees, default="small200,square8,large64",
                    help=f"comma-separated trees: {', '.join(speed.TREES)}")
     p.add_argument("--steps", type=positive, default=20, help="measured rounds (>= 1)")
     p.add_argument("--warmup", type=nonnegative, default=3, help="warm-up steps (>= 0)")
