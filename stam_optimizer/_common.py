@@ -26,6 +26,10 @@ TAU_EPS = 1e-8
 # sums unchanged; leaves under 64 elements are cheap either way and not padded.
 SMALL_SUM = 4096
 
+# The NaN-recovery path of `tensor_sums` sanitises a large leaf this many
+# elements at a time (a 256 KB temporary in float32).
+SANITIZE_CHUNK = 1 << 16
+
 # Storage dtypes accepted by name; values are what `jnp.dtype` understands.
 FLOAT_STATE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -156,33 +160,54 @@ def tensor_sums(
                 for col in cols:
                     col.append(jnp.zeros((), dtype))
                 continue
-            carry = tuple(x.astype(dtype) for x in args[i])
+            carry = tuple(args[i])
             size = args[i][0].size
             if size < SMALL_SUM:  # all sums of a small leaf in one reduction
                 width = size if size < 64 else max(size, -(-SMALL_SUM // len(fns)))
-                rows = [jnp.pad(f(*carry).reshape(-1), (0, width - size)) for f in fns]
+                rows = [jnp.pad(f(*(x.astype(dtype) for x in carry)).reshape(-1),
+                                (0, width - size)) for f in fns]
                 totals = jnp.sum(jnp.stack(rows), axis=1)
                 for k, col in enumerate(cols):
                     col.append(totals[k])
                 continue
             for f, col in zip(fns, cols):
-                total = jnp.sum(f(*carry))
+                # Cast inside each sum: a cast shared by two sums (or held by
+                # the barrier) would be written out as a param-sized temporary.
+                total = jnp.sum(f(*(x.astype(dtype) for x in carry)))
                 *carry, total = jax.lax.optimization_barrier((*carry, total))
                 col.append(total)
         return tuple(stack(col, dtype) for col in cols)
 
+    def chunk_sums(xs):
+        xs = [sanitize(xs[0], dtype), *(x.astype(dtype) for x in xs[1:])]
+        return jnp.stack([jnp.sum(f(*xs)) for f in fns])
+
+    def leaf_sums(leaf):
+        # XLA:CPU writes a sanitised operand out before reducing it; taken in
+        # chunks of SANITIZE_CHUNK elements, that temporary stays small instead
+        # of one more param-sized buffer in the compiled update.
+        flat = [x.reshape(-1) for x in leaf]
+        size, full = flat[0].size, flat[0].size // SANITIZE_CHUNK
+        totals = jnp.zeros((len(fns),), dtype)
+        if full:
+            totals = jax.lax.fori_loop(0, full, lambda j, acc: acc + chunk_sums(
+                [jax.lax.dynamic_slice_in_dim(x, j * SANITIZE_CHUNK, SANITIZE_CHUNK)
+                 for x in flat]), totals)
+        if size % SANITIZE_CHUNK:
+            totals = totals + chunk_sums([x[full * SANITIZE_CHUNK:] for x in flat])
+        return totals
+
     def sanitized_sums():
-        # Rare path. Large leaves: one sum per statistic and leaf, so that the
-        # temporaries (the sanitised leaf) are one leaf's size, reused. Small
+        # Rare path. Large leaves: their sums in chunks (see leaf_sums). Small
         # leaves (kept few kernels for the compiler): one flat vector, one
         # segment sum per statistic.
         sums = [[jnp.zeros((), dtype)] * n for _ in fns]
         small = [i for i in range(n) if 0 < args[i][0].size < SMALL_SUM]
         for i in range(n):
             if args[i][0].size >= SMALL_SUM:
-                leaf = [sanitize(args[i][0], dtype), *(x.astype(dtype) for x in args[i][1:])]
-                for k, f in enumerate(fns):
-                    sums[k][i] = jnp.sum(f(*leaf))
+                leaf = leaf_sums(args[i])
+                for k in range(len(fns)):
+                    sums[k][i] = leaf[k]
         totals = [stack(col, dtype) for col in sums]
         if small:
             flat = [jnp.concatenate([args[i][k].astype(dtype).reshape(-1) for i in small])

@@ -157,10 +157,15 @@ def scale_by_stam(
             mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
             new_nu = b2 * nu.astype(dt) + (1 - b2) * g**2
             mu_hat = c.read_back(mu, dt) * inv_mu_bias  # the stored μ (see c.read_back)
-            # ν is used before storage: a float16 ν flushes small g² to 0
+            stored_nu = c.store(new_nu, nu.dtype)
+            # A float16 ν is used before storage, which would flush small g² to
+            # 0; a bfloat16 one is read back like μ: used before storage, the
+            # float32 ν would be one more param-sized temporary.
+            if nu.dtype == jnp.bfloat16:
+                new_nu = c.read_back(stored_nu, dt)
             nu_hat = new_nu / nu_bias
             u = mu_hat / (jnp.sqrt(nu_hat) + eps)
-            return u, mu, c.store(new_nu, nu.dtype)
+            return u, mu, stored_nu
 
         us, (mus, nus) = c.map_leaves(leaf_update, gs_in, [mus, nus], (beta1, inv_mu_bias))
         new_state = ScaleByStamState(optax.safe_increment(t), treedef.unflatten(mus),

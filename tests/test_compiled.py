@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import stam_optimizer as so
+from stam_optimizer import _common as c
 
 FACTORIES = {
     "stam": lambda: so.stam(1e-3),
@@ -33,3 +34,23 @@ def test_no_constant_grows_with_the_parameters(name):
     sizes = [math.prod(int(d) for d in dims.split(",") if d)
              for dims in re.findall(r"= \w+\[([\d,]*)\]\S* constant\(", text)]
     assert sizes and max(sizes) < 1000, max(sizes)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_donated_update_needs_no_param_sized_temporary(name):
+    # AdamW's donated update needs no temporaries at all; ours may hold the
+    # NaN-recovery path's sanitised chunk (SANITIZE_CHUNK floats, 256 KB), but
+    # no param-sized buffer (the NaN path held one: 4 bytes per parameter).
+    params = {"w": jnp.ones((1024, 1024)), "v": jnp.ones((1024, 2048)), "b": jnp.ones((7,))}
+    tx = FACTORIES[name]()
+
+    def step(p, g, s):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    stats = jax.jit(step, donate_argnums=(0, 2)).lower(
+        params, params, tx.init(params)).compile().memory_analysis()
+    bound = 4 * c.SANITIZE_CHUNK + 64 * 1024
+    if name == "stam_lite_int8":  # block maxima in two stages: 16 int32 per block
+        bound += 16 * 4 * (1024 * 2048 // 256)  # of the largest leaf (1/16 B per element)
+    assert stats.temp_size_in_bytes <= bound, stats.temp_size_in_bytes

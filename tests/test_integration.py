@@ -8,6 +8,7 @@ import pytest
 from helpers import gradient_stream, make_params
 
 import stam_optimizer as so
+from stam_optimizer import _common as c
 
 FACTORIES = {
     "stam": lambda **kw: so.stam(1e-2, **kw),
@@ -168,19 +169,21 @@ def test_param_dtypes(name, dtype):
 @pytest.mark.parametrize("name", FACTORIES)
 def test_non_finite_gradient_entries_never_reach_the_state(name):
     tx = FACTORIES[name]()
-    # "big" is summed on its own in the recovery path, the small leaves together.
+    # "big" is summed on its own in the recovery path, in one chunk of
+    # SANITIZE_CHUNK elements and a tail (a NaN in each), the small leaves together.
+    assert 300 * 256 // c.SANITIZE_CHUNK == 1 and 300 * 256 % c.SANITIZE_CHUNK
     rng = np.random.default_rng(5)
-    params = dict(make_params(), big=jnp.asarray(rng.normal(size=(80, 64)), jnp.float32))
-    g0, g1, g2 = (dict(g, big=jnp.asarray(rng.normal(size=(80, 64)), jnp.float32))
+    params = dict(make_params(), big=jnp.asarray(rng.normal(size=(300, 256)), jnp.float32))
+    g0, g1, g2 = (dict(g, big=jnp.asarray(rng.normal(size=(300, 256)), jnp.float32))
                   for g in gradient_stream(3))
     bad = dict(g1)
     bad["dense"] = g1["dense"].at[0, 0].set(jnp.nan).at[1, 1].set(jnp.inf).at[2, 2].set(-jnp.inf)
     bad["scalar"] = jnp.asarray(jnp.nan, jnp.float32)
-    bad["big"] = g1["big"].at[3, 7].set(jnp.nan).at[50, 1].set(-jnp.inf)
+    bad["big"] = g1["big"].at[3, 7].set(jnp.nan).at[290, 1].set(-jnp.inf)
     zeroed = dict(g1)
     zeroed["dense"] = g1["dense"].at[0, 0].set(0).at[1, 1].set(0).at[2, 2].set(0)
     zeroed["scalar"] = jnp.asarray(0.0, jnp.float32)
-    zeroed["big"] = g1["big"].at[3, 7].set(0).at[50, 1].set(0)
+    zeroed["big"] = g1["big"].at[3, 7].set(0).at[290, 1].set(0)
     s = tx.init(params)
     _, s = tx.update(g0, s, params)
     u_bad, s_bad = tx.update(bad, s, params)
