@@ -52,5 +52,5 @@ def test_donated_update_needs_no_param_sized_temporary(name):
         params, params, tx.init(params)).compile().memory_analysis()
     bound = 4 * c.SANITIZE_CHUNK + 64 * 1024
     if name == "stam_lite_int8":  # block maxima in two stages: 16 int32 per block
-        bound += 16 * 4 * (1024 * 2048 // 256)  # of the largest leaf (1/16 B per element)
+        bound += 16 * 4 * (1024 * 2048 // 256)  # of the largest leaf (1/4 B per element)
     assert stats.temp_size_in_bytes <= bound, stats.temp_size_in_bytes
