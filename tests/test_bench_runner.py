@@ -3,6 +3,8 @@ on, the tuning protocol, resume after interruption, and a tiny end-to-end run.""
 
 import dataclasses
 import json
+import os
+import stat
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from stam_optimizer.benchmarks import cli, programme, registry, runner
+from stam_optimizer.benchmarks import cli, files, programme, registry, runner
 from stam_optimizer.benchmarks.task import Config, Task
 from stam_optimizer.benchmarks.tasks import SUITES, TASKS, _models, quadratic
 
@@ -235,3 +237,31 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "nonstationary_mlp" in report and "stam_full" in report
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_results_files_get_the_umask_permissions(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        assert files.current_umask() == umask
+        path = files.write_json(tmp_path / "sub" / "run.json", {"a": 1})
+        img = files.write_atomic(tmp_path / "fig.png", b"\x89PNG")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert stat.S_IMODE(img.stat().st_mode) == mode
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["fig.png", "run.json", "sub"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = files.write_json(tmp_path / "run.json", {"good": True})
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        files.write_json(path, {"good": False})
+    assert json.loads(path.read_text()) == {"good": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
