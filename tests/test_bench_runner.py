@@ -4,7 +4,9 @@ on, the tuning protocol, resume after interruption, and a tiny end-to-end run.""
 import dataclasses
 import json
 import os
+import re
 import stat
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -265,3 +267,111 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         files.write_json(path, {"good": False})
     assert json.loads(path.read_text()) == {"good": True}
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+class _Held:
+    """Wraps `programme.run_job` so that, of two workers, the first job to start
+    finishes only once the second has started, and later jobs wait for `release`:
+    when the first job's summary is printed, the second is certainly running."""
+
+    def __init__(self, real):
+        self.real, self.lock, self.calls = real, threading.Lock(), 0
+        self.second_started, self.release = threading.Event(), threading.Event()
+        self.abandon = False
+
+    def __call__(self, job, task, out, size):
+        with self.lock:
+            self.calls += 1
+            k = self.calls
+        if k == 1:
+            assert self.second_started.wait(120)
+        else:  # the third job too, if a worker starts it before the interrupt
+            self.second_started.set()
+            assert self.release.wait(120)
+            if self.abandon:
+                raise RuntimeError("abandoned by the test")
+        return self.real(job, task, out, size)
+
+
+def _interrupt_after_first_summary(monkeypatch):
+    real = programme._summary
+    seen = []
+
+    def ctrl_c(job, rec, seconds):
+        seen.append(job)
+        if len(seen) == 1:
+            raise KeyboardInterrupt  # Ctrl-C as the first job's summary is printed
+        return real(job, rec, seconds)
+
+    monkeypatch.setattr(programme, "_summary", ctrl_c)
+
+
+INTERRUPT_ARGS = ["run", "convex", "--size", "tiny", "--workers", "2", "--no-report",
+                  "--optimizers", "adamw,stam_lite,adams"]
+
+
+def test_ctrl_c_waits_for_running_jobs_says_so_and_exits_130(tmp_path, monkeypatch, capsys):
+    held = _Held(programme.run_job)
+    monkeypatch.setattr(programme, "run_job", held)
+    _interrupt_after_first_summary(monkeypatch)
+    real_as_completed = programme._as_completed
+
+    def waiting(futures):  # the wait after Ctrl-C lets the held job go on
+        held.release.set()
+        return real_as_completed(futures)
+
+    monkeypatch.setattr(programme, "_as_completed", waiting)
+    out = tmp_path / "res"
+    rc = cli.main([*INTERRUPT_ARGS, "--out", str(out)])
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert rc == 130
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    # the held job is running; the third may have started too when the first ended
+    m = re.search(r"interrupted: waiting for (\d) running job\(s\) to finish and be saved "
+                  r"\(([^)]*)\); press Ctrl-C again to stop now", text)
+    assert m and m[1] in "12" and len(m[2].split(", ")) == int(m[1]), text
+    kept = 1 + int(m[1])
+    last = captured.err.strip().splitlines()[-1]
+    assert last == (f"stam-bench: stopped by Ctrl-C; {kept} finished runs are on disk; "
+                    "run the same command again to resume")
+    done = _json_files(out)
+    assert len(done) == kept and not list(out.rglob("*.tmp*"))
+    # resume: the kept files are not rewritten, a dropped job runs
+    monkeypatch.undo()
+    assert cli.main([*INTERRUPT_ARGS, "--out", str(out)]) == 0
+    if kept < 3:
+        assert f"resuming: {kept} finished runs kept, {3 - kept} to go" in capsys.readouterr().err
+    after = _json_files(out)
+    assert len(after) == 3 and all(after[k] == v for k, v in done.items())
+
+
+def test_second_ctrl_c_stops_at_once_with_one_line(tmp_path, monkeypatch, capsys):
+    held = _Held(programme.run_job)
+    monkeypatch.setattr(programme, "run_job", held)
+    _interrupt_after_first_summary(monkeypatch)
+
+    def ctrl_c_again(futures):
+        raise KeyboardInterrupt
+
+    exits = []
+
+    def exit_now(code):  # instead of os._exit: let the held job end, then leave
+        exits.append(code)
+        held.abandon = True
+        held.release.set()
+        raise SystemExit(code)
+
+    monkeypatch.setattr(programme, "_as_completed", ctrl_c_again)
+    monkeypatch.setattr(cli, "_exit_now", exit_now)
+    out = tmp_path / "res"
+    with pytest.raises(SystemExit):
+        cli.main([*INTERRUPT_ARGS, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert exits == [130]
+    assert "Traceback" not in captured.out + captured.err
+    assert re.fullmatch(
+        r"stam-bench: stopped by Ctrl-C; 1 finished runs are on disk; [12] running job\(s\) "
+        r"abandoned; run the same command again to resume",
+        captured.err.strip().splitlines()[-1])
+    assert len(_json_files(out)) == 1

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -180,9 +181,31 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
+
+
+def _exit_now(code: int) -> None:
+    """Leaves at once, without joining worker threads that are still running."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except programme.Interrupted as e:
+        kept = e.counts.get("done", 0) + e.counts.get("skipped", 0)
+        lost = f"; {e.abandoned} running job(s) abandoned" if e.abandoned else ""
+        _log(f"stam-bench: stopped by Ctrl-C; {kept} finished runs are on disk{lost}; "
+             "run the same command again to resume")
+        if e.abandoned:
+            _exit_now(INTERRUPTED)
+        return INTERRUPTED
+    except KeyboardInterrupt:
+        _log("stam-bench: stopped by Ctrl-C")
+        return INTERRUPTED
 
 
 if __name__ == "__main__":
