@@ -1,12 +1,14 @@
 """The benchmark runner and programme: the learning-rate identity the runner relies
 on, the tuning protocol, resume after interruption, and a tiny end-to-end run."""
 
+import argparse
 import dataclasses
 import json
 import os
 import re
 import stat
 import threading
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -375,3 +377,37 @@ def test_second_ctrl_c_stops_at_once_with_one_line(tmp_path, monkeypatch, capsys
         r"abandoned; run the same command again to resume",
         captured.err.strip().splitlines()[-1])
     assert len(_json_files(out)) == 1
+
+
+def _subparsers():
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+def test_every_option_has_help_and_shows_its_default():
+    for name, p in _subparsers().items():
+        formatter = p._get_formatter()
+        for action in p._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            text = formatter._get_help_string(action)
+            assert action.help, (name, action.dest)
+            if action.default not in (None, False):
+                assert "default" in text, (name, action.dest, text)
+    run_help = _subparsers()["run"].format_help()
+    assert "--size {tiny,quick,full}" in run_help
+    assert "tiny (seconds, for tests)" in run_help and "(default: quick)" in run_help
+
+
+def test_readme_lists_every_command_and_counts_optimizers_from_the_registry():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("## Benchmarks"):]
+    block = block[block.index("```bash"):]
+    block = block[:block.index("```", 7)]
+    listed = set(re.findall(r"^stam-bench (\w+)", block, flags=re.M))
+    assert listed == set(_subparsers()), listed ^ set(_subparsers())
+    for n in re.findall(r"all (\d+) optimizers", readme):
+        assert int(n) == len(registry.OPTIMIZERS)
+    full = _subparsers()["full"].format_help()
+    assert f"all {len(registry.OPTIMIZERS)} optimizers of the registry" in full
