@@ -89,11 +89,11 @@ def lr_sensitivity(task: str, runs: Mapping[str, dict], path: str | Path,
     the ℓ₀ line, so one diverged point cannot flatten the others. The y axis is
     logarithmic when every value shown is positive.
     """
-    fig = _figure()
+    fig = _figure(8.5, 4.5)
     ax = fig.add_subplot()
     drawn, clipped, shown = False, False, []
     top = start if start is not None and math.isfinite(start) and start > 0 else None
-    for name, run in runs.items():
+    for k, (name, run) in enumerate(runs.items()):
         tuning = run.get("tuning") or {}
         if not tuning.get("lrs") or not tuning.get("metric"):
             continue
@@ -102,7 +102,7 @@ def lr_sensitivity(task: str, runs: Mapping[str, dict], path: str | Path,
         mean = np.where(np.isfinite(values).all(axis=1), values.mean(axis=1), np.nan)
         bad = ~np.isfinite(mean) | ((mean > top) if top is not None else False)
         kept = np.where(bad, np.nan, mean)
-        line, = ax.plot(lrs, kept, marker="o", label=name)
+        line, = ax.plot(lrs, kept, STYLES[k // 10 % len(STYLES)], marker="o", label=name)
         if top is not None and bad.any():
             ax.plot(lrs[bad], np.full(int(bad.sum()), top), "x", color=line.get_color(),
                     markersize=9, markeredgewidth=2)
@@ -134,7 +134,7 @@ def lr_sensitivity(task: str, runs: Mapping[str, dict], path: str | Path,
         labels.append("diverged or worse than ℓ₀ (drawn at ℓ₀)")
     ax.set(xlabel="learning rate", ylabel="tuning metric (mean of tuning seeds)")
     ax.set_title(f"{task}: LR sensitivity (star: chosen lr)", fontsize="medium")
-    ax.legend(handles, labels, fontsize="small")
+    ax.legend(handles, labels, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, path)
 
 
