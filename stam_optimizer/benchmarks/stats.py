@@ -17,6 +17,7 @@ observed spread of the per-seed differences.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -167,11 +168,24 @@ def min_detectable_effect(sd: float, n: int, level: float, power: float = 0.8) -
         return NAN
     if sd == 0:
         return 0.0
-    hi = sd
-    while power_paired(hi, sd, n, level) < power:
-        hi *= 2
-    return float(brentq(lambda e: power_paired(e, sd, n, level) - power, 0.0, hi,
-                        xtol=1e-12 * hi, rtol=1e-10))
+    with warnings.catch_warnings():  # scipy's nct series may not converge far out;
+        warnings.simplefilter("ignore", RuntimeWarning)  # such a result is checked below
+        hi = sd
+        for _ in range(200):
+            reached = power_paired(hi, sd, n, level)
+            if not math.isfinite(reached):
+                return NAN
+            if reached >= power:
+                break
+            hi *= 2
+        else:
+            return NAN
+        try:
+            mde = float(brentq(lambda e: power_paired(e, sd, n, level) - power, 0.0, hi,
+                               xtol=1e-12 * hi, rtol=1e-10))
+        except ValueError:  # a nan power inside the bracket
+            return NAN
+    return mde if math.isfinite(mde) else NAN
 
 
 def win_threshold(n: int, level: float) -> float:
