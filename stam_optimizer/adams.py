@@ -1,6 +1,6 @@
 """AdamS: the momentum serves as its own normalizer (Zhang, Wang & Chen, 2025).
 
-Implements the AdamS section of SPEC.md. One param-shaped buffer `m`; the
+Implements the AdamS section of docs/math.md. One param-shaped buffer `m`; the
 denominator mixes the previous momentum and the current gradient, so there is
 no second moment and no bias correction.
 """

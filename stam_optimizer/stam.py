@@ -1,6 +1,6 @@
 """STAM: AdamW with a per-tensor β₁ that adapts to the residual variance.
 
-Implements the STAM section of SPEC.md. For every tensor (leaf) the residual of
+Implements the STAM section of docs/math.md. For every tensor (leaf) the residual of
 the gradient against the old momentum is summarised by two running scalars: a
 variance proxy σ² and a scale τ. Their ratio maps to a score s ∈ [0, 1) that
 lowers β₁ when gradients disagree with the momentum.
@@ -101,7 +101,7 @@ def scale_by_stam(
       >>> state = tx.init({"w": jnp.zeros(3)})
 
     References:
-      SPEC.md of stam-optimizer; Loshchilov & Hutter, "Decoupled Weight Decay
+      docs/math.md (section STAM) of stam-optimizer; Loshchilov & Hutter, "Decoupled Weight Decay
       Regularization" (2019) for the AdamW part.
     """
     _validate(b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold, b1_min)
@@ -133,7 +133,7 @@ def scale_by_stam(
         (sum_r2, sum_abs_r), gs_in, (mus,) = c.tensor_sums(
             (lambda g, m: (g - m) ** 2, lambda g, m: jnp.abs(g - m)), gs, [mus], dt)
         size, nonempty = c.leaf_sizes(gs, dt)
-        # The scalar rules of SPEC.md, for all tensors at once (vectors in leaf order).
+        # The scalar rules of docs/math.md, for all tensors at once (vectors in leaf order).
         sigma2 = b2 * state.sigma2 + (1 - b2) * sum_r2 / size
         tau = tau_decay * state.tau + (1 - tau_decay) * sum_abs_r / size
         z = sigma2 / (tau**2 + c.TAU_EPS)

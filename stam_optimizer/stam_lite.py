@@ -1,6 +1,6 @@
 """STAMLite: one momentum buffer, a tensor-level RMS and a lazily updated β₁.
 
-Implements the STAMLite section of SPEC.md. Per tensor, two running scalars (the
+Implements the STAMLite section of docs/math.md. Per tensor, two running scalars (the
 means of g and g²) replace both STAM's residual statistics and Adam's
 per-element second moment: the optimizer keeps a single param-shaped buffer μ,
 which may be stored in a low-precision dtype.
@@ -204,7 +204,7 @@ def scale_by_stam_lite(
         # Tensor moments of g: one fused pass per sum and tensor.
         (sum_g, sum_g2), gs_in, () = c.tensor_sums((lambda g: g, lambda g: g**2), gs, [], dt)
         size, nonempty = c.leaf_sizes(gs, dt)
-        # The scalar rules of SPEC.md, for all tensors at once (vectors in leaf order).
+        # The scalar rules of docs/math.md, for all tensors at once (vectors in leaf order).
         a = rho * state.a + (1 - rho) * sum_g / size
         b = rho * state.b + (1 - rho) * sum_g2 / size
         bias = c.one_minus_pow(rho, t + 1, dt)

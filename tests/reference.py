@@ -1,6 +1,6 @@
-"""Independent float64 NumPy implementations of SPEC.md, for the tests only.
+"""Independent float64 NumPy implementations of docs/math.md, for the tests only.
 
-Written from SPEC.md alone, one tensor at a time, with plain loops over steps;
+Written from docs/math.md alone, one tensor at a time, with plain loops over steps;
 they share no code with the package. Each `step` takes a float64 gradient and
 the current params and returns the optax-convention update
 `-lr·(u + λ·θ)`, the β₁ it used (None for AdamS) and the size of the update's

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
+from scipy import stats as sps
 
-from stam_optimizer.benchmarks import claims, report
+from stam_optimizer.benchmarks import claims, plots, report, stats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEEDS = [0, 1, 2, 3, 4]
@@ -27,7 +29,14 @@ OFFSETS = {
                          "stam_lite": BIG, "stam_lite_int8": BIG},
     "nonstationary_mlp": {"adamw": 0.0, "stam_full": 0.0, "nadam": -BIG,
                           "stam_lite": BIG, "stam_lite_int8": BIG},
+    "noisy_shift": {"adamw": 0.0, "stam_full": -BIG, "nadam": 0.0,
+                    "stam_lite": BIG, "stam_lite_int8": BIG},
 }
+# metrics whose curve is another one: noisy_shift's is derived from val_loss
+METRICS = {"noisy_shift": "post_shift_val_loss"}
+START = 2.0  # every curve starts here at step 0 (ℓ₀)
+LAYERS = {"0/w": [0.9, 0.8, 0.7, 0.85, 0.9, 0.9], "0/b": [0.9, 0.9, 0.6, 0.7, 0.8, 0.9],
+          "blocks/1/qkv": [0.9, 0.85, 0.8, 0.8, 0.85, 0.9]}
 
 
 def _write(path: Path, data: dict) -> None:
@@ -35,45 +44,50 @@ def _write(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data))
 
 
-def _run(task: str, opt: str, offset: float, level: np.ndarray, rng) -> dict:
+def _run(task: str, opt: str, offset: float, level: np.ndarray, rng,
+         noise: float = NOISE) -> dict:
     """A run file whose final metric is `level + offset` plus small noise per seed."""
-    final = level + offset + rng.normal(0, NOISE, size=level.size)
-    curves = np.array([np.linspace(2.0, f, len(EVAL_STEPS)) for f in final])
+    seeds = list(range(level.size))
+    final = level + offset + rng.normal(0, noise, size=level.size)
+    curves = np.array([np.linspace(START, f, len(EVAL_STEPS)) for f in final])
     target = 1.1
     reached = [next((s for s, v in zip(EVAL_STEPS, c) if v <= target), None) for c in curves]
     lrs = [1e-4, 1e-3, 1e-2, 1e-1]
-    tuning = np.array([[1.5, 1.4], [1.2, 1.25], [1.0 + offset, 1.02 + offset], [1.6, np.nan]])
+    # at lr 1e-1 adamw's second tuning seed diverges, stam_full's mean jumps to 231
+    last = [231.0, 240.0] if opt == "stam_full" else [1.6, np.nan]
+    tuning = np.array([[1.5, 1.4], [1.2, 1.25], [1.0 + offset, 1.02 + offset], last])
     run = {
         "schema": 1, "kind": "run", "task": task, "suite": "nonstationary", "optimizer": opt,
         "size": "quick",
-        "task_info": {"description": f"synthetic {task}", "metric": "val_loss",
+        "task_info": {"description": f"synthetic {task}",
+                      "metric": METRICS.get(task, "val_loss"),
                       "min_effect": MIN_EFFECT, "target": target, "steps": 100,
                       "batch_size": 8, "eval_every": 20, "shift_steps": [50]},
         "tuning": {"lrs": lrs, "seeds": [1000, 1001], "metric": tuning.tolist(),
                    "best_lr": 1e-2, "extended": False},
-        "final": {"lr": 1e-2, "seeds": SEEDS, "metric": final.tolist(),
+        "final": {"lr": 1e-2, "seeds": seeds, "metric": final.tolist(),
                   "extra": {}, "eval_steps": EVAL_STEPS,
                   "curves": {"val_loss": curves.tolist(), "train_loss": curves.tolist()},
                   "steps_to_target": reached},
-        "diverged": [False] * len(SEEDS),
+        "diverged": [False] * len(seeds),
         "timing": {"compile_s": 1.0, "run_s": 0.1},
         "environment": {"jax": "0.0-test", "optax": "0.0-test", "cpu": "test cpu",
                         "threads": 2, "python": "3"},
     }
     if opt.startswith("stam"):
-        run["beta1"] = {"eval_steps": EVAL_STEPS,
-                        "layers": {"w1": [0.9, 0.8, 0.7, 0.85, 0.9, 0.9],
-                                   "b1": [0.9, 0.9, 0.6, 0.7, 0.8, 0.9]}}
+        layers = LAYERS if opt != "stam_lite" else {k: [0.81] * len(v) for k, v in LAYERS.items()}
+        run["beta1"] = {"eval_steps": EVAL_STEPS, "layers": layers}
     return run
 
 
-def write_runs(root: Path, offsets: dict[str, dict[str, float]], seed: int = 0) -> None:
+def write_runs(root: Path, offsets: dict[str, dict[str, float]], seed: int = 0,
+               n_seeds: int = len(SEEDS), noise: float = NOISE) -> None:
     """runs/<task>/<optimizer>.json for every (task, optimizer) in `offsets`."""
     rng = np.random.default_rng(seed)
     for task, by_opt in offsets.items():
-        level = 1.0 + rng.normal(0, 0.3, size=len(SEEDS))  # large seed-to-seed spread
+        level = 1.0 + rng.normal(0, 0.3, size=n_seeds)  # large seed-to-seed spread
         for opt, off in by_opt.items():
-            _write(root / "runs" / task / f"{opt}.json", _run(task, opt, off, level, rng))
+            _write(root / "runs" / task / f"{opt}.json", _run(task, opt, off, level, rng, noise))
 
 
 def write_extras(root: Path) -> None:
@@ -127,12 +141,23 @@ def check_images(md: Path) -> list[Path]:
     return images
 
 
+FIGURES: dict[str, Figure] = {}  # file name -> the figure the full report saved
+
+
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("results")
     write_runs(root, OFFSETS)
     write_extras(root)
-    md = report.build_report(root)
+    real = plots.save
+
+    def keep(fig, path):
+        FIGURES[Path(path).name] = fig
+        return real(fig, path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "save", keep)
+        md = report.build_report(root)
     return md, md.read_text()
 
 
@@ -265,3 +290,188 @@ def test_ablation_and_tolerant_memory_file(tmp_path):
     assert const[-1] == "tie |"  # same offset as stam_full: CI well inside ±min_effect
     memory = section(text, "## Memory")
     assert "| `stam_lite` | 4 |" in memory and "broken" not in memory
+
+
+# --- the figures' contents (captured as the full report saves them) ----------------
+
+def _legend(fig: Figure) -> list[str]:
+    return [t.get_text() for ax in fig.axes if ax.get_legend()
+            for t in ax.get_legend().get_texts()]
+
+
+def test_noisy_shift_curve_is_drawn_from_val_loss(full_report):
+    md, text = full_report
+    part = section(text, "### noisy_shift")
+    assert "Metric `post_shift_val_loss`" in part
+    assert "![noisy_shift curves](curves_noisy_shift.png)" in part
+    assert "derived from the `val_loss` curve" in part
+    assert (md.parent / "curves_noisy_shift.png").read_bytes()[:8] == PNG_MAGIC
+    ax = FIGURES["curves_noisy_shift.png"].axes[0]
+    assert ax.get_ylabel().startswith("val_loss")
+    assert sorted(_legend(FIGURES["curves_noisy_shift.png"])) == sorted(OFFSETS["noisy_shift"])
+    # every task of the report has its curve figure, and a caption only with it
+    for task in OFFSETS:
+        assert f"![{task} curves](curves_{task}.png)" in section(text, f"### {task}")
+    assert report.curve_for("post_shift_val_loss", {"a": {"final": {"curves": {
+        "val_loss": [], "train_loss": []}}}}) == "val_loss"
+    assert report.curve_for("val_acc", {"a": {"final": {"curves": {"val_loss": []}}}}) is None
+
+
+def test_forest_legend_names_the_verdict_colours(full_report):
+    fig = FIGURES["forest.png"]
+    labels = _legend(fig)
+    verdicts = {expected_verdict(off) for t in OFFSETS for o, off in OFFSETS[t].items()
+                if o != "adamw"}
+    assert {v for v in labels if v in claims.VERDICTS} == verdicts
+    assert {"±min_effect", "95% CI", "Holm CI"} <= set(labels)
+    (ax,) = fig.axes
+    legend = ax.get_legend()
+    colours = {t.get_text(): h.get_color() for t, h in zip(legend.get_texts(),
+                                                           legend.legend_handles)
+               if t.get_text() in claims.VERDICTS}
+    assert colours == {v: plots.VERDICT_COLORS[v] for v in verdicts}
+
+
+def test_lr_curves_are_clipped_at_the_start_value_with_divergence_marked(full_report):
+    fig = FIGURES["lr_noisy_shift.png"]
+    (ax,) = fig.axes
+    assert ax.get_yscale() == "log"
+    lo, hi = ax.get_ylim()
+    assert START <= hi <= 1.2 * START  # stam_full's 231 at lr 0.1 does not set the scale
+    assert "diverged or worse than ℓ₀ (drawn at ℓ₀)" in _legend(fig)
+    assert "ℓ₀: metric at step 0" in _legend(fig)
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert crosses and all(np.allclose(line.get_ydata(), START) for line in crosses)
+    assert len(crosses) == len(OFFSETS["noisy_shift"])  # one diverged/too-high lr each
+
+
+def test_beta1_panels_share_a_readable_y_axis(full_report):
+    fig = FIGURES["beta1_noisy_shift.png"]
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    stam = [o for o in OFFSETS["noisy_shift"] if o.startswith("stam")]
+    assert [ax.get_title() for ax in axes] == stam
+    first = axes[0]
+    for ax in axes[1:]:
+        assert first.get_shared_y_axes().joined(first, ax)
+        assert ax.get_ylim() == first.get_ylim()
+    lo, hi = first.get_ylim()
+    assert lo <= 0.6 and hi >= 0.9  # the range of every panel, stam_lite's constant 0.81 too
+    assert set(_legend(fig)) == {"layer 0 weight", "layer 0 bias", "block 1 qkv"}
+    width, height = fig.get_size_inches()
+    assert width / height <= 2.5
+    assert plots.layer_label("2/w") == "layer 2 weight" and plots.layer_label("embed") == "embed"
+
+
+def test_profile_is_skipped_below_three_tasks(full_report, tmp_path):
+    _, text = full_report
+    assert "![profile](profile.png)" in section(text, "## Performance profile")
+    write_runs(tmp_path, {t: OFFSETS[t] for t in list(OFFSETS)[:2]})
+    md = report.build_report(tmp_path)
+    part = section(md.read_text(), "## Performance profile")
+    assert "Not shown: a performance profile needs at least 3 tasks" in part
+    assert "profile.png" not in part and not (tmp_path / "profile.png").exists()
+
+
+# --- families, Holm intervals, detectable effects ----------------------------------
+
+def _judged_rows(text: str, task: str) -> dict[str, list[str]]:
+    table = section(text, f"### {task}")
+    return {line.split(" | ")[0][3:-1]: line.split(" | ") for line in table.splitlines()
+            if line.startswith("| `") and "baseline" not in line}
+
+
+def test_families_are_named_with_their_size_and_corrected_apart(full_report, tmp_path):
+    _, text = full_report
+    stam = sorted({o for t in OFFSETS for o in OFFSETS[t] if o.startswith("stam")})
+    peers = sorted({o for t in OFFSETS for o in OFFSETS[t] if o != "adamw"} - set(stam))
+    n_primary, n_peers = len(stam) * len(OFFSETS), len(peers) * len(OFFSETS)
+    assert (f"* primary: STAM family vs adamw: {n_primary} comparisons ({n_primary} with a "
+            f"p-value; {len(OFFSETS)} tasks × " + ", ".join(f"`{o}`" for o in stam)) in text
+    assert (f"* peers vs adamw: {n_peers} comparisons ({n_peers} with a p-value; "
+            f"{len(OFFSETS)} tasks × " + ", ".join(f"`{o}`" for o in peers)) in text
+    # Holm p of each row = Holm over its own family only, from scipy's paired t-tests
+    runs = report.group(report.load_runs(full_report[0].parent))
+    for fam in (stam, peers):
+        keys = [(t, o) for t in OFFSETS for o in fam]
+        ps = [sps.ttest_rel(runs[t][o]["final"]["metric"],
+                            runs[t]["adamw"]["final"]["metric"]).pvalue for t, o in keys]
+        for (t, o), p_adj in zip(keys, stats.holm(ps)):
+            assert _judged_rows(text, t)[o][5] == f"{p_adj:.3g}"
+
+
+def test_holm_interval_agrees_with_the_verdict_where_the_raw_one_does_not():
+    """The char_lm case: a raw 95% CI far past min_effect, but Holm p >= 0.05 over a
+    family of twenty: the Holm CI includes 0 and the verdict is inconclusive."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(1.0, 0.3, size=4)
+    d = np.array([-0.09, -0.06, -0.11, -0.075])  # mean -0.084, t ≈ 7.9, p ≈ 0.004
+    tests = {k: (stats.paired_difference(base + d + 0.0005 * k, base), 0.03) for k in range(20)}
+    judged = claims.judge(tests, "twenty")
+    for j in judged.values():
+        assert j.diff.hi < -0.03  # raw CI entirely past min_effect
+        assert j.p_holm >= 0.05 and j.verdict == "inconclusive"
+        assert j.adj_lo < 0 < j.adj_hi and j.level == pytest.approx(0.05 / 20)
+        assert j.family == "twenty" and j.family_size == 20
+    ci = sps.ttest_rel(base + d, base).confidence_interval(1 - 0.05 / 20)
+    assert (judged[0].adj_lo, judged[0].adj_hi) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    # alone (a family of one) the same difference is a win, and its interval excludes 0
+    alone = claims.judge({0: tests[0]})[0]
+    assert alone.verdict == "win" and alone.adj_hi < 0 and alone.level == 0.05
+
+
+def test_table_shows_holm_intervals_and_detectable_effects(full_report):
+    _, text = full_report
+    runs = report.group(report.load_runs(full_report[0].parent))
+    m = {"stam": 3 * len(OFFSETS), "peer": len(OFFSETS)}
+    for task in OFFSETS:
+        rows = _judged_rows(text, task)
+        for opt, cells in rows.items():
+            lo, hi = (float(x) for x in re.match(r"\[(\S+), (\S+)\] at", cells[4]).groups())
+            assert (lo > 0 or hi < 0) == (float(cells[5]) < 0.05)
+            d = np.subtract(runs[task][opt]["final"]["metric"],
+                            runs[task]["adamw"]["final"]["metric"])
+            size = m["stam" if opt.startswith("stam") else "peer"]
+            mde = stats.min_detectable_effect(float(np.std(d, ddof=1)), d.size, 0.05 / size)
+            assert cells[7] == f"{mde:.3g}"
+        assert "Smallest effect this run could detect here (80% power, 5 seeds" in \
+            section(text, f"### {task}")
+
+
+def test_headline_says_when_the_seeds_cannot_give_a_win(full_report, tmp_path):
+    _, text = full_report
+    head = section(text, "## Headline")
+    assert "With 5 final seeds and 9 comparisons in the primary family" in head
+    assert "cannot be expected to produce a win" not in head  # tiny noise: MDE < min_effect
+    # 4 seeds with a paired spread ten times min_effect: no comparison had the power
+    write_runs(tmp_path, {t: OFFSETS[t] for t in OFFSETS}, n_seeds=4, noise=10 * MIN_EFFECT)
+    head = section(report.build_report(tmp_path).read_text(), "## Headline")
+    t = stats.win_threshold(4, 0.05 / 9)
+    assert "**This run cannot be expected to produce a win for the STAM family:**" in head
+    assert f"With 4 final seeds and 9 comparisons in the primary family, a difference is " \
+           f"significant only beyond {t:.1f} standard errors" in head
+    assert "on 9 of 9 STAM-family comparisons" in head
+
+
+ABSOLUTE = re.compile(r"(?:^|[\s`(\[\"'])(?:/[\w.-]+){2,}|[A-Za-z]:\\")  # /a/b or C:\
+
+
+def test_report_names_no_absolute_path(tmp_path):
+    results = (tmp_path / "deep" / "results").resolve()
+    write_runs(results, {"nonstationary_mlp": OFFSETS["nonstationary_mlp"]})
+    write_extras(results)
+    here = report.build_report(results).read_text()
+    assert "from the run files in this report's folder" in here
+    elsewhere = report.build_report(results, tmp_path / "out").read_text()
+    assert "from the run files in `../deep/results` (relative to this report)" in elsewhere
+    for text in (here, elsewhere):
+        assert str(tmp_path) not in text and not ABSOLUTE.search(text), ABSOLUTE.search(text)
+
+
+def test_committed_full_report_is_current_and_relative():
+    folder = Path(__file__).resolve().parents[1] / "docs" / "benchmark" / "full"
+    text = (folder / "report.md").read_text()
+    assert not ABSOLUTE.search(text), ABSOLUTE.search(text)
+    assert "from the run files in this report's folder" in text
+    assert "**Correction families**" in text and "diff: Holm CI" in text  # current format
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert (folder / name).is_file(), name

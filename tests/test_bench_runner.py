@@ -1,8 +1,14 @@
 """The benchmark runner and programme: the learning-rate identity the runner relies
 on, the tuning protocol, resume after interruption, and a tiny end-to-end run."""
 
+import argparse
 import dataclasses
 import json
+import os
+import re
+import stat
+import threading
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from stam_optimizer.benchmarks import cli, programme, registry, runner
+from stam_optimizer.benchmarks import cli, files, programme, registry, runner
 from stam_optimizer.benchmarks.task import Config, Task
 from stam_optimizer.benchmarks.tasks import SUITES, TASKS, _models, quadratic
 
@@ -235,3 +241,173 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "nonstationary_mlp" in report and "stam_full" in report
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_results_files_get_the_umask_permissions(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        assert files.current_umask() == umask
+        path = files.write_json(tmp_path / "sub" / "run.json", {"a": 1})
+        img = files.write_atomic(tmp_path / "fig.png", b"\x89PNG")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert stat.S_IMODE(img.stat().st_mode) == mode
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["fig.png", "run.json", "sub"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = files.write_json(tmp_path / "run.json", {"good": True})
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        files.write_json(path, {"good": False})
+    assert json.loads(path.read_text()) == {"good": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+class _Held:
+    """Wraps `programme.run_job` so that, of two workers, the first job to start
+    finishes only once the second has started, and later jobs wait for `release`:
+    when the first job's summary is printed, the second is certainly running."""
+
+    def __init__(self, real):
+        self.real, self.lock, self.calls = real, threading.Lock(), 0
+        self.second_started, self.release = threading.Event(), threading.Event()
+        self.abandon = False
+
+    def __call__(self, job, task, out, size):
+        with self.lock:
+            self.calls += 1
+            k = self.calls
+        if k == 1:
+            assert self.second_started.wait(120)
+        else:  # the third job too, if a worker starts it before the interrupt
+            self.second_started.set()
+            assert self.release.wait(120)
+            if self.abandon:
+                raise RuntimeError("abandoned by the test")
+        return self.real(job, task, out, size)
+
+
+def _interrupt_after_first_summary(monkeypatch):
+    real = programme._summary
+    seen = []
+
+    def ctrl_c(job, rec, seconds):
+        seen.append(job)
+        if len(seen) == 1:
+            raise KeyboardInterrupt  # Ctrl-C as the first job's summary is printed
+        return real(job, rec, seconds)
+
+    monkeypatch.setattr(programme, "_summary", ctrl_c)
+
+
+INTERRUPT_ARGS = ["run", "convex", "--size", "tiny", "--workers", "2", "--no-report",
+                  "--optimizers", "adamw,stam_lite,adams"]
+
+
+def test_ctrl_c_waits_for_running_jobs_says_so_and_exits_130(tmp_path, monkeypatch, capsys):
+    held = _Held(programme.run_job)
+    monkeypatch.setattr(programme, "run_job", held)
+    _interrupt_after_first_summary(monkeypatch)
+    real_as_completed = programme._as_completed
+
+    def waiting(futures):  # the wait after Ctrl-C lets the held job go on
+        held.release.set()
+        return real_as_completed(futures)
+
+    monkeypatch.setattr(programme, "_as_completed", waiting)
+    out = tmp_path / "res"
+    rc = cli.main([*INTERRUPT_ARGS, "--out", str(out)])
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert rc == 130
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    # the held job is running; the third may have started too when the first ended
+    m = re.search(r"interrupted: waiting for (\d) running job\(s\) to finish and be saved "
+                  r"\(([^)]*)\); press Ctrl-C again to stop now", text)
+    assert m and m[1] in "12" and len(m[2].split(", ")) == int(m[1]), text
+    kept = 1 + int(m[1])
+    last = captured.err.strip().splitlines()[-1]
+    assert last == (f"stam-bench: stopped by Ctrl-C; {kept} finished runs are on disk; "
+                    "run the same command again to resume")
+    done = _json_files(out)
+    assert len(done) == kept and not list(out.rglob("*.tmp*"))
+    # resume: the kept files are not rewritten, a dropped job runs
+    monkeypatch.undo()
+    assert cli.main([*INTERRUPT_ARGS, "--out", str(out)]) == 0
+    if kept < 3:
+        assert f"resuming: {kept} finished runs kept, {3 - kept} to go" in capsys.readouterr().err
+    after = _json_files(out)
+    assert len(after) == 3 and all(after[k] == v for k, v in done.items())
+
+
+def test_second_ctrl_c_stops_at_once_with_one_line(tmp_path, monkeypatch, capsys):
+    held = _Held(programme.run_job)
+    monkeypatch.setattr(programme, "run_job", held)
+    _interrupt_after_first_summary(monkeypatch)
+
+    def ctrl_c_again(futures):
+        raise KeyboardInterrupt
+
+    exits = []
+
+    def exit_now(code):  # instead of os._exit: let the held job end, then leave
+        exits.append(code)
+        held.abandon = True
+        held.release.set()
+        raise SystemExit(code)
+
+    monkeypatch.setattr(programme, "_as_completed", ctrl_c_again)
+    monkeypatch.setattr(cli, "_exit_now", exit_now)
+    out = tmp_path / "res"
+    with pytest.raises(SystemExit):
+        cli.main([*INTERRUPT_ARGS, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert exits == [130]
+    assert "Traceback" not in captured.out + captured.err
+    assert re.fullmatch(
+        r"stam-bench: stopped by Ctrl-C; 1 finished runs are on disk; [12] running job\(s\) "
+        r"abandoned; run the same command again to resume",
+        captured.err.strip().splitlines()[-1])
+    assert len(_json_files(out)) == 1
+
+
+def _subparsers():
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+def test_every_option_has_help_and_shows_its_default():
+    for name, p in _subparsers().items():
+        formatter = p._get_formatter()
+        for action in p._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            text = formatter._get_help_string(action)
+            assert action.help, (name, action.dest)
+            if action.default not in (None, False):
+                assert "default" in text, (name, action.dest, text)
+    run_help = _subparsers()["run"].format_help()
+    assert "--size {tiny,quick,full}" in run_help
+    assert "tiny (seconds, for tests)" in run_help and "(default: quick)" in run_help
+
+
+def test_readme_lists_every_command_and_counts_optimizers_from_the_registry():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("## Benchmarks"):]
+    block = block[block.index("```bash"):]
+    block = block[:block.index("```", 7)]
+    listed = set(re.findall(r"^stam-bench (\w+)", block, flags=re.M))
+    assert listed == set(_subparsers()), listed ^ set(_subparsers())
+    for n in re.findall(r"all (\d+) optimizers", readme):
+        assert int(n) == len(registry.OPTIMIZERS)
+    full = _subparsers()["full"].format_help()
+    assert f"all {len(registry.OPTIMIZERS)} optimizers of the registry" in full

@@ -12,11 +12,15 @@ from scipy import stats as sps
 from stam_optimizer.benchmarks.stats import (
     PairedDiff,
     holm,
+    holm_levels,
+    interval,
     mean_ci,
+    min_detectable_effect,
     paired_difference,
     performance_profile,
     steps_to_target,
     verdict,
+    win_threshold,
 )
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
@@ -242,3 +246,85 @@ def test_performance_profile_properties(costs):
         assert frac[-1] == pytest.approx(reached / len(solved))
     # every solved task has a best optimizer, whose ratio is 1
     assert sum(v[0] for v in prof.values()) >= 1 - 1e-12
+
+
+# --- Holm-consistent intervals, minimum detectable effect -----------------------------
+
+def test_holm_levels_hand_worked():
+    # sorted: 0.005 < 0.05/4 and 0.01 < 0.05/3 are rejected; 0.03 >= 0.05/2 stops the
+    # procedure, so 0.03 and everything after it are judged at 0.05/2.
+    got = holm_levels([0.01, 0.04, 0.03, 0.005], alpha=0.05)
+    np.testing.assert_allclose(got, [0.05 / 3, 0.05 / 2, 0.05 / 2, 0.05 / 4])
+    np.testing.assert_allclose(holm_levels([0.001, 0.002], 0.05), [0.025, 0.05])  # both pass
+    np.testing.assert_allclose(holm_levels([0.5, 0.9, 0.7], 0.05), [0.05 / 3] * 3)  # none
+    got = holm_levels([float("nan"), 0.01, 0.2], 0.05)
+    assert math.isnan(got[0]) and got[1:].tolist() == [0.025, 0.05]
+    with pytest.raises(ValueError, match="alpha"):
+        holm_levels([0.1], alpha=1.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-2.0, 2.0, allow_nan=False), min_size=1, max_size=8),
+       st.integers(0, 2**31 - 1))
+def test_holm_adjusted_interval_excludes_zero_iff_holm_rejects(shifts, seed):
+    """On paired samples, the interval at the Holm level (scipy's ttest_rel
+    interval at 1 - level) excludes 0 exactly for the comparisons Holm rejects."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 1, size=(len(shifts), 5))
+    cand = base + np.array(shifts)[:, None] + rng.normal(0, 0.5, size=base.shape)
+    diffs = [paired_difference(c, b) for c, b in zip(cand, base)]
+    ps = [d.p_value for d in diffs]
+    adjusted, levels = holm(ps), holm_levels(ps, 0.05)
+    for d, c, b, p_adj, level in zip(diffs, cand, base, adjusted, levels):
+        ci = sps.ttest_rel(c, b).confidence_interval(1 - level)
+        assert interval(d, 1 - level) == pytest.approx((ci.low, ci.high), rel=1e-9, abs=1e-12)
+        assert (ci.low > 0 or ci.high < 0) == (p_adj < 0.05)
+
+
+def test_interval_matches_paired_difference_and_rejects_bad_confidence():
+    a, b = [1.0, 2.5, 2.0, 4.0], [0.5, 2.0, 2.2, 3.0]
+    for conf in (0.5, 0.95, 0.999):
+        d = paired_difference(a, b, conf)
+        assert interval(d, conf) == pytest.approx((d.lo, d.hi), rel=1e-12)
+    assert all(math.isnan(v) for v in interval(PairedDiff(1.0, 0.0, 2.0, 0.1, 4), 0.9))  # no sd
+    with pytest.raises(ValueError, match="confidence"):
+        interval(paired_difference(a, b), 1.0)
+
+
+def test_min_detectable_effect_has_the_stated_power_by_simulation():
+    # 400k simulated paired experiments with the true effect at the MDE: the
+    # two-sided t-test at the level rejects in 80% of them (binomial SE 0.0006)
+    rng = np.random.default_rng(0)
+    for n, level in ((4, 0.05), (6, 0.05 / 10)):
+        mde = min_detectable_effect(1.0, n, level)
+        x = rng.normal(mde, 1.0, size=(400_000, n))
+        t = x.mean(axis=1) / (x.std(axis=1, ddof=1) / math.sqrt(n))
+        rate = np.mean(np.abs(t) > sps.t.ppf(1 - level / 2, n - 1))
+        assert rate == pytest.approx(0.8, abs=0.004), (n, level)
+
+
+def test_min_detectable_effect_limits_and_scaling():
+    # large n: the normal approximation (z_{1-level/2} + z_{0.8}) sd / sqrt(n)
+    n = 5000
+    approx = (sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) * 0.3 / math.sqrt(n)
+    assert min_detectable_effect(0.3, n, 0.05) == pytest.approx(approx, rel=2e-3)
+    one = min_detectable_effect(1.0, 4, 0.01)
+    assert min_detectable_effect(2.5, 4, 0.01) == pytest.approx(2.5 * one, rel=1e-8)
+    assert min_detectable_effect(1.0, 8, 0.01) < one < min_detectable_effect(1.0, 4, 0.001)
+    assert min_detectable_effect(0.0, 4, 0.05) == 0.0
+    assert math.isnan(min_detectable_effect(1.0, 1, 0.05))
+    assert math.isnan(min_detectable_effect(float("nan"), 4, 0.05))
+    with pytest.raises(ValueError, match="level"):
+        min_detectable_effect(1.0, 4, 0.0)
+
+
+def test_win_threshold_is_the_t_quantile():
+    # t(0.975, df=3) = 3.182 from a printed table
+    assert win_threshold(4, 0.05) == pytest.approx(3.182, abs=1e-3)
+    assert math.isnan(win_threshold(1, 0.05))
+
+
+def test_paired_difference_reports_the_sd_of_the_differences():
+    a, b = np.array([1.0, 2.5, 2.0, 4.0]), np.array([0.5, 2.0, 2.2, 3.0])
+    assert paired_difference(a, b).sd == pytest.approx(np.std(a - b, ddof=1))
+    assert paired_difference([2.0, 3.0], [1.0, 2.0]).sd == 0.0

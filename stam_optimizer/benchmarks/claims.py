@@ -15,12 +15,17 @@ import numpy as np
 from stam_optimizer.benchmarks.stats import (
     PairedDiff,
     holm,
+    holm_levels,
+    interval,
     mean_ci,
+    min_detectable_effect,
     paired_difference,
     verdict,
 )
 
 ALPHA = 0.05
+POWER = 0.8
+PRIMARY_PREFIX = "stam"  # registry names of the STAM family
 LONG_HORIZON_TASK = "long_horizon_mlp"
 VERDICTS = ("win", "tie", "loss", "inconclusive")
 
@@ -65,27 +70,71 @@ def _ranked(runs: dict[str, dict]) -> list[str]:
 
 
 class Judged(NamedTuple):
-    """A paired difference with its Holm-adjusted p-value and verdict."""
+    """A paired difference with its Holm-adjusted p-value and verdict, judged in a
+    Holm family of `family_size` comparisons named `family`.
+
+    `level` is the significance level Holm's procedure tested this comparison at;
+    (`adj_lo`, `adj_hi`) is the interval at confidence `1 - level`, which excludes
+    0 exactly when `p_holm < ALPHA`. `mde` is the smallest mean difference the
+    paired t-test would detect with 80% power at the family's strictest level
+    `ALPHA / family_size`, given the seeds and the observed sd of the differences.
+    """
 
     diff: PairedDiff
     p_holm: float
     verdict: str
+    level: float = math.nan
+    adj_lo: float = math.nan
+    adj_hi: float = math.nan
+    mde: float = math.nan
+    family: str = ""
+    family_size: int = 0
 
 
-def judge(tests: dict[Any, tuple[PairedDiff, float]]) -> dict[Any, Judged]:
-    """Holm-corrects a family of (difference, min_effect) tests and gives verdicts."""
+def judge(tests: dict[Any, tuple[PairedDiff, float]], family: str = "") -> dict[Any, Judged]:
+    """Holm-corrects a family of (difference, min_effect) tests and gives verdicts,
+    Holm-level intervals and minimum detectable effects."""
     keys = list(tests)
-    adjusted = holm([tests[k][0].p_value for k in keys])
-    return {k: Judged(tests[k][0], float(p), verdict(tests[k][0], float(p), tests[k][1], ALPHA))
-            for k, p in zip(keys, adjusted)}
+    ps = [tests[k][0].p_value for k in keys]
+    adjusted, levels = holm(ps), holm_levels(ps, ALPHA)
+    m = int(np.sum(~np.isnan(np.asarray(ps, dtype=float))))
+    out = {}
+    for k, p, level in zip(keys, adjusted, levels):
+        d = tests[k][0]
+        lo, hi = interval(d, 1 - level) if math.isfinite(level) else (math.nan, math.nan)
+        if d.sd == 0 and math.isfinite(d.mean):  # all differences equal: a point
+            lo = hi = d.mean
+        mde = min_detectable_effect(d.sd, d.n, ALPHA / m, POWER) if m else math.nan
+        out[k] = Judged(d, float(p), verdict(d, float(p), tests[k][1], ALPHA), float(level),
+                        lo, hi, mde, family, m)
+    return out
+
+
+def families(tasks: Tasks, baseline: str) -> dict[str, list[tuple[str, str]]]:
+    """The Holm families of the comparisons with the baseline: the STAM family
+    (registry names starting with "stam") first, the other optimizers (peers)
+    second. Each holds (task, optimizer) for every task that has the baseline."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for t, runs in tasks.items():
+        if baseline not in runs:
+            continue
+        for o in runs:
+            if o == baseline:
+                continue
+            name = (f"primary: STAM family vs {baseline}" if o.startswith(PRIMARY_PREFIX)
+                    else f"peers vs {baseline}")
+            out.setdefault(name, []).append((t, o))
+    return dict(sorted(out.items(), key=lambda kv: not kv[0].startswith("primary")))
 
 
 def compare_to_baseline(tasks: Tasks, baseline: str) -> dict[tuple[str, str], Judged]:
-    """Every (task, optimizer) vs the baseline on that task, one Holm family."""
-    tests = {(t, o): (paired_runs(run, runs[baseline]), _info(runs)["min_effect"])
-             for t, runs in tasks.items() if baseline in runs
-             for o, run in runs.items() if o != baseline}
-    return judge(tests)
+    """Every (task, optimizer) vs the baseline on that task, Holm-corrected within
+    its family (see `families`)."""
+    out: dict[tuple[str, str], Judged] = {}
+    for name, members in families(tasks, baseline).items():
+        out |= judge({(t, o): (paired_runs(tasks[t][o], tasks[t][baseline]),
+                               _info(tasks[t])["min_effect"]) for t, o in members}, name)
+    return out
 
 
 def verdict_counts(judged: dict[tuple[str, str], Judged]) -> dict[str, dict[str, int]]:

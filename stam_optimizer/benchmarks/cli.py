@@ -1,7 +1,7 @@
 """`stam-bench`: the benchmark command line.
 
     stam-bench quick                every suite at small size, then the report (~5 min)
-    stam-bench full                 every suite, every optimizer, then the report
+    stam-bench full                 every suite, every registry optimizer, then the report
     stam-bench run SUITE...         chosen suites (--size tiny|quick|full)
     stam-bench report               rebuild report.md and plots from a results folder
     stam-bench list                 optimizers, tasks and suites
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -115,19 +116,33 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and shows every option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and default not in (None, False, argparse.SUPPRESS)
+                and "default" not in text):
+            if isinstance(default, (list, tuple)):
+                default = ",".join(map(str, default))
+            text += f" (default: {str(default).replace('%', '%%')})"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="stam-bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", default=None,
-                        help="results folder (default results/<size>); re-running resumes")
+                        help="results folder (default: results/<size>); re-running resumes")
     common.add_argument("--data-dir", type=Path, default=None,
                         help="folder with MNIST / Fashion-MNIST / CIFAR-10 files (images suite)")
     common.add_argument("--optimizers", type=optimizer_names, default=None,
                         help="comma-separated registry names (default: the suite's set)")
     common.add_argument("--workers", type=positive, default=2,
-                        help="jobs compiled and run at once (default 2)")
+                        help="jobs compiled and run at once")
     common.add_argument("--force", action="store_true", help="re-run finished runs too")
     common.add_argument("--no-report", action="store_true", help="do not build the report")
     p = sub.add_parser("quick", parents=[common], help="every suite at small size (~5 min)",
@@ -135,18 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(STAM, STAMLite, AdamW and what each suite's question "
                                    "needs), then the report.")
     p.set_defaults(func=cmd_quick)
-    p = sub.add_parser("full", parents=[common], help="every suite, every optimizer",
-                       description="Every suite at full size with every optimizer of the "
-                                   "registry, then the report.")
+    n_opt = len(registry.OPTIMIZERS)
+    p = sub.add_parser("full", parents=[common],
+                       help=f"every suite, all {n_opt} optimizers of the registry",
+                       description=f"Every suite at full size with all {n_opt} optimizers of "
+                                   "the registry (stam-bench list), then the report.")
     p.set_defaults(func=cmd_full)
     p = sub.add_parser("run", parents=[common], help="run chosen suites",
                        description="Runs the named suites: " + ", ".join(SUITES))
     p.add_argument("suites", nargs="+", type=_suite, metavar="SUITE")
-    p.add_argument("--size", choices=list(programme.GRIDS), default="quick")
+    p.add_argument("--size", choices=list(programme.GRIDS), default="quick",
+                   help="problem size and seeds: tiny (seconds, for tests), quick (as "
+                        "stam-bench quick), full (as stam-bench full)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("report", help="build report.md and plots from a results folder")
     p.add_argument("--results", default="results/quick", help="results folder to read")
-    p.add_argument("--out-dir", default=None, help="where to write (default: --results)")
+    p.add_argument("--out-dir", default=None,
+                   help="where to write report.md and the plots (default: --results)")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("memory", help="optimizer-state bytes per parameter",
                        description=memory.__doc__)
@@ -163,26 +183,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-tasks", default="mlp,transformer",
                    help="comma-separated train-step tasks (mlp, transformer; empty: none)")
     p.add_argument("--train-optimizers", type=optimizer_names,
-                   default=list(registry.OPTIMIZERS), help="comma-separated registry names")
+                   default=list(registry.OPTIMIZERS),
+                   help="comma-separated registry names for the train steps (default: all)")
     p.add_argument("--output", default="results/speed.json", help="JSON file to write")
     p.set_defaults(func=cmd_speed)
     p = sub.add_parser("profile", help="time per kernel of optimizer updates",
                        description=kernel_profile.__doc__)
     p.add_argument("--tree", type=_tree, default="single16",
-                   help=f"parameter tree: {', '.join(speed.TREES)} (default single16)")
+                   help=f"parameter tree: {', '.join(speed.TREES)}")
     p.add_argument("--optimizers", type=optimizer_names, default=["adamw", "stam_full"],
-                   help="comma-separated registry names (default adamw,stam_full)")
+                   help="comma-separated registry names")
     p.add_argument("--rounds", type=positive, default=10, help="profiled steps (>= 1)")
     p.add_argument("--warmup", type=nonnegative, default=3, help="warm-up steps (>= 0)")
     p.add_argument("--top", type=positive, default=12, help="kernels shown per optimizer")
     p.add_argument("--output", default="results/profile.json", help="JSON file to write")
     p.set_defaults(func=cmd_profile)
+    for p in sub.choices.values():
+        p.formatter_class = HelpFormatter
     return ap
+
+
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
+
+
+def _exit_now(code: int) -> None:
+    """Leaves at once, without joining worker threads that are still running."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except programme.Interrupted as e:
+        kept = e.counts.get("done", 0) + e.counts.get("skipped", 0)
+        lost = f"; {e.abandoned} running job(s) abandoned" if e.abandoned else ""
+        _log(f"stam-bench: stopped by Ctrl-C; {kept} finished runs are on disk{lost}; "
+             "run the same command again to resume")
+        if e.abandoned:
+            _exit_now(INTERRUPTED)
+        return INTERRUPTED
+    except KeyboardInterrupt:
+        _log("stam-bench: stopped by Ctrl-C")
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

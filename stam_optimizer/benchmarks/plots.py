@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
 from stam_optimizer.benchmarks.files import write_atomic
 from stam_optimizer.benchmarks.stats import mean_ci
@@ -23,6 +24,7 @@ from stam_optimizer.benchmarks.stats import mean_ci
 STYLES = ("-", "--", "-.", ":")
 VERDICT_COLORS = {"win": "tab:green", "loss": "tab:red", "tie": "tab:blue",
                   "inconclusive": "tab:gray"}
+VERDICTS_ORDER = ("win", "tie", "loss", "inconclusive")
 
 
 def _figure(width: float = 7.0, height: float = 4.5) -> Figure:
@@ -78,75 +80,163 @@ def curves(task: str, metric: str, runs: Mapping[str, dict], shift_steps: Sequen
     return save(fig, path)
 
 
-def lr_sensitivity(task: str, runs: Mapping[str, dict], path: str | Path) -> Path | None:
-    """Tuning metric (mean over tuning seeds) against learning rate, log x."""
-    fig = _figure()
+def lr_sensitivity(task: str, runs: Mapping[str, dict], path: str | Path,
+                   start: float | None = None) -> Path | None:
+    """Tuning metric (mean over tuning seeds) against learning rate, log x.
+
+    With `start` (ℓ₀, the metric at step 0) the y axis stops just above ℓ₀: a
+    learning rate whose mean is worse than ℓ₀ or diverged is drawn as a cross on
+    the ℓ₀ line, so one diverged point cannot flatten the others. The y axis is
+    logarithmic when every value shown is positive.
+    """
+    fig = _figure(8.5, 4.5)
     ax = fig.add_subplot()
-    drawn = False
-    for name, run in runs.items():
+    drawn, clipped, shown = False, False, []
+    top = start if start is not None and math.isfinite(start) and start > 0 else None
+    for k, (name, run) in enumerate(runs.items()):
         tuning = run.get("tuning") or {}
         if not tuning.get("lrs") or not tuning.get("metric"):
             continue
         lrs = np.asarray(tuning["lrs"], dtype=float)
         values = np.asarray(tuning["metric"], dtype=float).reshape(lrs.size, -1)
         mean = np.where(np.isfinite(values).all(axis=1), values.mean(axis=1), np.nan)
-        line, = ax.plot(lrs, mean, marker="o", label=name)
+        bad = ~np.isfinite(mean) | ((mean > top) if top is not None else False)
+        kept = np.where(bad, np.nan, mean)
+        line, = ax.plot(lrs, kept, STYLES[k // 10 % len(STYLES)], marker="o", label=name)
+        if top is not None and bad.any():
+            ax.plot(lrs[bad], np.full(int(bad.sum()), top), "x", color=line.get_color(),
+                    markersize=9, markeredgewidth=2)
+            clipped = True
         best = tuning.get("best_lr")
         if best is not None and np.any(np.isclose(lrs, best)):
             i = int(np.argmin(np.abs(lrs - best)))
-            ax.plot(lrs[i], mean[i], marker="*", markersize=14, color=line.get_color())
+            ax.plot(lrs[i], kept[i], marker="*", markersize=14, color=line.get_color())
+        shown += list(kept[np.isfinite(kept)])
         drawn = True
     if not drawn:
         return None
     ax.set_xscale("log")
+    if top is not None:
+        ax.axhline(top, color="black", linestyle=":", linewidth=1)
+        shown.append(top)
+    if shown and min(shown) > 0:
+        ax.set_yscale("log")
+    if top is not None:
+        low = min(shown)
+        ax.set_ylim(top=top * 1.15 if ax.get_yscale() == "log" else top + 0.05 * (top - low))
+    handles, labels = ax.get_legend_handles_labels()
+    if top is not None:
+        handles.append(Line2D([], [], color="black", linestyle=":"))
+        labels.append("ℓ₀: metric at step 0")
+    if clipped:
+        handles.append(Line2D([], [], color="gray", marker="x", linestyle="none",
+                              markeredgewidth=2))
+        labels.append("diverged or worse than ℓ₀ (drawn at ℓ₀)")
     ax.set(xlabel="learning rate", ylabel="tuning metric (mean of tuning seeds)")
     ax.set_title(f"{task}: LR sensitivity (star: chosen lr)", fontsize="medium")
-    ax.legend(fontsize="small")
+    ax.legend(handles, labels, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, path)
+
+
+_PARTS = {"w": "weight", "b": "bias", "kernel": "weight", "bias": "bias", "scale": "scale"}
+_GROUPS = {"blocks": "block", "layers": "layer"}
+
+
+def layer_label(path: str) -> str:
+    """A readable name for a parameter path: `0/w` → `layer 0 weight`,
+    `blocks/1/qkv` → `block 1 qkv`, `embed` stays `embed`."""
+    words, group = [], "layer"
+    for part in path.split("/"):
+        if part in _GROUPS:
+            group = _GROUPS[part]
+        elif part.isdigit():
+            words.append(f"{group} {part}")
+        else:
+            words.append(_PARTS.get(part, part))
+    return " ".join(words) or path
 
 
 def beta1(task: str, runs: Mapping[str, dict], path: str | Path,
-          max_legend: int = 12) -> Path | None:
-    """β₁ trajectories: one panel per optimizer, one line per layer."""
+          max_legend: int = 12, columns: int = 3) -> Path | None:
+    """β₁ trajectories: one panel per optimizer (at most `columns` per row), one
+    line per layer, all panels on one y axis."""
     with_beta = {n: r["beta1"] for n, r in runs.items() if r.get("beta1", {}).get("layers")}
     if not with_beta:
         return None
-    fig = _figure(5.0 * len(with_beta), 4.0)
-    axes = fig.subplots(1, len(with_beta), squeeze=False)[0]
+    ncols = min(columns, math.ceil(math.sqrt(len(with_beta))))  # near-square grid
+    nrows = math.ceil(len(with_beta) / ncols)
+    fig = _figure(4.6 * ncols, 3.6 * nrows + 0.4)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    values = [v for b in with_beta.values() for vs in b["layers"].values() for v in vs
+              if v is not None and math.isfinite(v)]
     for ax, (name, b) in zip(axes, with_beta.items()):
-        for layer, values in b["layers"].items():
-            n = min(len(b["eval_steps"]), len(values))
-            ax.plot(b["eval_steps"][:n], np.asarray(values[:n], dtype=float), label=layer)
-        ax.set(title=f"{task}: {name}", xlabel="step", ylabel="mean β₁ per layer")
+        for layer, vs in b["layers"].items():
+            n = min(len(b["eval_steps"]), len(vs))
+            ax.plot(b["eval_steps"][:n], np.asarray(vs[:n], dtype=float),
+                    label=layer_label(layer))
+        ax.set(title=name, xlabel="step")
         if len(b["layers"]) <= max_legend:
             ax.legend(fontsize="x-small")
+    for ax in axes[len(with_beta):]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("mean β₁ per layer")
+    if values:
+        lo, hi = min(values), max(values)
+        lo = min(lo, hi - 0.1)  # at least 0.1 tall: a constant β₁ is a flat line
+        axes[0].set_ylim(lo - 0.01, hi + 0.01)
+    fig.suptitle(f"{task}: β₁ per layer (first final seed)", fontsize="medium")
     return save(fig, path)
 
 
-def forest(rows: Sequence[tuple[str, float, float, float, str]], path: str | Path,
-           baseline: str) -> Path | None:
+def forest(rows: Sequence[tuple], path: str | Path, baseline: str) -> Path | None:
     """Paired differences vs the baseline, each divided by its task's min_effect.
 
-    `rows` are (label, mean, lo, hi, verdict) already normalised; the shaded band
-    is ±1 min_effect, left of it the candidate is better.
+    `rows` are (label, mean, lo, hi, verdict) or (label, mean, lo, hi, verdict,
+    adj_lo, adj_hi), already normalised: (lo, hi) is the 95% CI (thick bar),
+    (adj_lo, adj_hi) the Holm-adjusted one (thin bar). The shaded band is ±1
+    min_effect; left of it the candidate is better. The legend names the verdict
+    colours that appear.
     """
     rows = [r for r in rows if math.isfinite(r[1])]
     if not rows:
         return None
-    fig = _figure(7.0, 1.2 + 0.3 * len(rows))
+    fig = _figure(7.0, 1.8 + 0.3 * len(rows))
     ax = fig.add_subplot()
-    ax.axvspan(-1, 1, color="tab:blue", alpha=0.12, label="±min_effect")
+    ax.axvspan(-1, 1, color="tab:blue", alpha=0.12)
     ax.axvline(0, color="black", linewidth=0.8)
     y = np.arange(len(rows))[::-1]
-    for yi, (_, mean, lo, hi, verdict) in zip(y, rows):
+    seen, adjusted = [], False
+    for yi, row in zip(y, rows):
+        _, mean, lo, hi, verdict = row[:5]
         color = VERDICT_COLORS.get(verdict, "black")
+        if len(row) >= 7 and math.isfinite(row[5]) and math.isfinite(row[6]):
+            ax.plot([row[5], row[6]], [yi, yi], color=color, linewidth=0.8)
+            adjusted = True
         if math.isfinite(lo) and math.isfinite(hi):
-            ax.plot([lo, hi], [yi, yi], color=color, linewidth=2)
+            ax.plot([lo, hi], [yi, yi], color=color, linewidth=2.5)
         ax.plot(mean, yi, "o", color=color)
+        if verdict not in seen:
+            seen.append(verdict)
     ax.set_yticks(y, [r[0] for r in rows], fontsize="small")
+    handles = [Line2D([], [], color=VERDICT_COLORS.get(v, "black"), marker="o", linewidth=2.5)
+               for v in VERDICTS_ORDER if v in seen]
+    labels = [v for v in VERDICTS_ORDER if v in seen]
+    handles += [Line2D([], [], color=VERDICT_COLORS.get(v, "black"), marker="o") for v in seen
+                if v not in VERDICTS_ORDER]
+    labels += [v for v in seen if v not in VERDICTS_ORDER]
+    handles.append(Patch(color="tab:blue", alpha=0.12))
+    labels.append("±min_effect")
+    handles.append(Line2D([], [], color="black", linewidth=2.5))
+    labels.append("95% CI")
+    if adjusted:
+        handles.append(Line2D([], [], color="black", linewidth=0.8))
+        labels.append("Holm CI")
+    ax.legend(handles, labels, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="verdict / bars", title_fontsize="small")
     # two-line labels: the long task labels leave the axes too narrow for one line
     ax.set(xlabel=f"(candidate − {baseline}) / task min_effect\n(negative: candidate better)",
-           title=f"Paired differences vs {baseline}\n95% CI, colour = verdict")
+           title=f"Paired differences vs {baseline}")
     return save(fig, path)
 
 

@@ -148,6 +148,21 @@ def timing_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
                   log)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the programme. `counts` are the jobs finished so far (their
+    files are on disk); `abandoned` jobs were still running when a second Ctrl-C
+    came, so their worker threads must not be waited for on the way out."""
+
+    def __init__(self, counts: dict, abandoned: int = 0):
+        super().__init__(f"{counts.get('done', 0)} runs finished")
+        self.counts, self.abandoned = counts, abandoned
+
+
+def _as_completed(futures):
+    """`concurrent.futures.as_completed` (a seam for the interrupt tests)."""
+    return cf.as_completed(futures)
+
+
 class _Progress:
     """A rich progress bar when rich is installed and the output is a terminal,
     plain log lines otherwise."""
@@ -180,6 +195,7 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
 
 
 def _summary(job: Job, rec: dict, seconds: float) -> str:
@@ -240,21 +256,39 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
         return job, run_job(job, tasks[job.task], out, size), time.perf_counter() - t
 
     pool = cf.ThreadPoolExecutor(max_workers=workers)
+    futures = {}
+
+    def finished(fut: cf.Future) -> None:
+        try:
+            job, rec, seconds = fut.result()
+            counts["done"] += 1
+            progress.advance(_summary(job, rec, seconds))
+        except Exception:  # one failed job must not lose the others
+            counts["failed"] += 1
+            progress.advance(f"FAILED {futures[fut]}:\n{traceback.format_exc()}")
+
     try:
         futures = {pool.submit(work, j): j for j in jobs}
         for fut in cf.as_completed(futures):
-            try:
-                job, rec, seconds = fut.result()
-                counts["done"] += 1
-                progress.advance(_summary(job, rec, seconds))
-            except Exception:  # one failed job must not lose the others
-                counts["failed"] += 1
-                progress.advance(f"FAILED {futures[fut]}:\n{traceback.format_exc()}")
+            finished(fut)
     except KeyboardInterrupt:
-        log("interrupted: finished runs are on disk; running the same command resumes")
-        raise
+        for fut in futures:
+            fut.cancel()  # queued jobs are dropped; running ones cannot be stopped
+        running = [f for f in futures if not f.done()]
+        progress.close()
+        if running:
+            names = ", ".join(f"{futures[f].task}/{futures[f].optimizer}" for f in running)
+            log(f"interrupted: waiting for {len(running)} running job(s) to finish and be "
+                f"saved ({names}); press Ctrl-C again to stop now and lose them")
+            try:
+                for fut in _as_completed(running):
+                    if not fut.cancelled():
+                        finished(fut)
+            except KeyboardInterrupt:
+                raise Interrupted(counts, abandoned=len(running)) from None
+        raise Interrupted(counts) from None
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # queued jobs are dropped
+        pool.shutdown(wait=False, cancel_futures=True)
         progress.close()
     if "memory" in suites:
         memory_suite(out, size, log)

@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import numpy as np
 from stam_optimizer.benchmarks import plots
 from stam_optimizer.benchmarks.claims import (
     ALPHA,
+    POWER,
     VERDICTS,
     Judged,
     Tasks,
@@ -36,15 +38,22 @@ from stam_optimizer.benchmarks.claims import (
     ablation_section,
     claims_section,
     compare_to_baseline,
+    families,
     final_values,
     int8_section,
     verdict_counts,
 )
 from stam_optimizer.benchmarks.files import write_atomic
-from stam_optimizer.benchmarks.stats import mean_ci, performance_profile, steps_to_target
+from stam_optimizer.benchmarks.stats import (
+    mean_ci,
+    performance_profile,
+    steps_to_target,
+    win_threshold,
+)
 
 PRETTY = {"adamw": "AdamW", "stam_full": "STAM", "stam_lite": "STAMLite", "nadam": "NAdam"}
 PROFILE_TAU_MAX = 4.0
+PROFILE_MIN_TASKS = 3  # below this a performance profile is a step or two, not a curve
 
 
 # --- loading -------------------------------------------------------------------------
@@ -165,6 +174,15 @@ class _Context:
 
 # --- sections --------------------------------------------------------------------------
 
+def _relative(path: Path, start: Path) -> str:
+    """`path` relative to `start` (the report's folder), never an absolute path."""
+    try:
+        rel = os.path.relpath(Path(path).resolve(), Path(start).resolve())
+    except ValueError:  # another drive on Windows
+        return Path(path).name
+    return Path(rel).as_posix()
+
+
 def _header(ctx: _Context) -> list[str]:
     runs = [r for runs in ctx.tasks.values() for r in runs.values()]
     sizes = sorted({str(r.get("size", "?")) for r in runs}) or ["n/a"]
@@ -175,9 +193,12 @@ def _header(ctx: _Context) -> list[str]:
     seeds = sorted({tuple(r["final"]["seeds"]) for r in runs})
     tune = sorted({tuple((r.get("tuning") or {}).get("seeds", ())) for r in runs})
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rel = _relative(ctx.results_dir, ctx.out_dir)
+    source = ("the run files in this report's folder" if rel == "." else
+              f"the run files in `{rel}` (relative to this report)")
     lines = [
         "# stam-bench report", "",
-        f"Generated {date} from `{ctx.results_dir}`. Size: {', '.join(sizes)}.",
+        f"Generated {date} from {source}. Size: {', '.join(sizes)}.",
         f"Environment: {env_text or 'not recorded'}"
         + (" (runs come from more than one environment)" if len(envs) > 1 else "") + ".",
         f"{len(ctx.tasks)} tasks, {len(optimizers)} optimizers "
@@ -187,14 +208,30 @@ def _header(ctx: _Context) -> list[str]:
         "**Protocol.** Per task, the learning rate of every optimizer is tuned on the same "
         "log grid with the tuning seeds and the validation metric; then every optimizer runs "
         "the same fresh final seeds, so comparisons are paired by seed. Intervals are "
-        "Student-t 95% CIs; p-values are paired t-tests, Holm-corrected across all "
-        f"(task, optimizer) comparisons vs `{ctx.baseline}`; each task has a minimum effect "
-        "size below which a difference does not count.", "",
+        "Student-t CIs; p-values are paired t-tests, Holm-corrected within each family of "
+        f"comparisons vs `{ctx.baseline}` (below); each task has a minimum effect size "
+        "below which a difference does not count.", "",
         "Lower metric is better everywhere. Differences are candidate − baseline, so a "
-        "negative difference means the candidate did better. A **win** needs Holm p < "
-        f"{ALPHA} and a mean improvement of at least the task's min_effect; a **loss** the "
-        "same in the other direction; a **tie** needs the whole 95% CI inside ±min_effect; "
-        "anything else is **inconclusive**.", ""]
+        "negative difference means the candidate did better. Each difference has two "
+        "intervals: the plain 95% CI, and the **Holm CI**, at the confidence at which "
+        "Holm's step-down procedure tested that comparison (1 − α/k for its step k), which "
+        f"excludes 0 exactly when the Holm p is below {ALPHA}. A **win** needs Holm p < "
+        f"{ALPHA} (the Holm CI excludes 0) and a mean improvement of at least the task's "
+        "min_effect; a **loss** the same in the other direction; a **tie** needs the whole "
+        "95% CI inside ±min_effect; anything else is **inconclusive**. **MDE** is the "
+        f"smallest difference the paired t-test would detect with {POWER:.0%} power at its "
+        "family's strictest level α/m, given the number of seeds and the observed spread of "
+        "the per-seed differences.", ""]
+    fams = families(ctx.tasks, ctx.baseline)
+    if fams:
+        lines += ["**Correction families** (Holm runs over each separately):", ""]
+        for name, members in fams.items():
+            m = ctx.judged[members[0]].family_size
+            opts = sorted({o for _, o in members})
+            lines.append(f"* {name}: {len(members)} comparisons ({m} with a p-value; "
+                         f"{len({t for t, _ in members})} tasks × "
+                         f"{', '.join(f'`{o}`' for o in opts)}).")
+        lines.append("")
     if not runs:
         lines += ["No run files were found under `runs/`: nothing to compare.", ""]
     return lines
@@ -216,7 +253,33 @@ def _headline(ctx: _Context) -> list[str]:
     order = sorted(counts, key=lambda o: (-counts[o]["win"], counts[o]["loss"], o))
     rows = [[f"`{o}`", *(str(counts[o][v]) for v in VERDICTS), str(sum(counts[o].values()))]
             for o in order]
-    return [*lines, "", *_table(["optimizer", *VERDICTS, "tasks"], rows)]
+    return [*lines, "", *_power_note(ctx), *_table(["optimizer", *VERDICTS, "tasks"], rows)]
+
+
+def _power_note(ctx: _Context) -> list[str]:
+    """Whether the primary family had the power to find a win of min_effect size."""
+    primary = {k: j for k, j in ctx.judged.items() if j.family.startswith("primary")}
+    rated = {k: j for k, j in primary.items() if math.isfinite(j.mde)}
+    if not rated:
+        return []
+    ns = sorted({j.diff.n for j in rated.values()})
+    m = next(iter(rated.values())).family_size
+    below = [k for k, j in rated.items()
+             if j.mde > float(_info(ctx.tasks[k[0]])["min_effect"])]
+    ratio = float(np.median([j.mde / float(_info(ctx.tasks[k[0]])["min_effect"])
+                             for k, j in rated.items()]))
+    seeds = "/".join(map(str, ns))
+    t = " / ".join(f"{win_threshold(n, ALPHA / m):.1f}" for n in ns)
+    text = (f"With {seeds} final seeds and {m} comparisons in the primary family, a "
+            f"difference is significant only beyond {t} standard errors of the mean, and "
+            f"the smallest effect detectable with {POWER:.0%} power (MDE) exceeds the task's "
+            f"min_effect on {len(below)} of {len(rated)} STAM-family comparisons (median "
+            f"MDE = {ratio:.2g} × min_effect).")
+    if len(below) == len(rated):
+        text = ("**This run cannot be expected to produce a win for the STAM family:** "
+                + text + " More final seeds (e.g. `stam-bench full`) are needed to detect "
+                "effects of min_effect size.")
+    return [text, ""]
 
 
 def _task_rows(ctx: _Context, task: str, runs: dict[str, dict]) -> list[list[str]]:
@@ -235,11 +298,57 @@ def _task_rows(ctx: _Context, task: str, runs: dict[str, dict]) -> list[list[str
         rows.append([
             f"`{opt}`", _f(lr, 3) + note, _ci(*mean_ci(final_values(run))),
             "baseline" if opt == ctx.baseline else ("n/a" if j is None else _ci(*j.diff[:3])),
+            "" if j is None else f"[{_f(j.adj_lo)}, {_f(j.adj_hi)}] at {_level(j.level)}",
             "" if j is None else _f(j.p_holm, 3), "" if j is None else f"**{j.verdict}**",
+            "" if j is None else _f(j.mde, 3),
             f"{_f(median) if median is not None else 'never' if not reached else 'not reached'}"
             f" ({len(reached)}/{len(steps)} seeds reached)",
             f"{sum(map(bool, diverged))}/{len(diverged)}"])
     return rows
+
+
+def _level(level: float) -> str:
+    """A confidence 1 − level as a percentage with enough digits to tell levels apart."""
+    if not math.isfinite(level):
+        return "n/a"
+    digits = max(0, math.ceil(-math.log10(level)) - 1)
+    return f"{100 * (1 - level):.{digits}f}%"
+
+
+def curve_for(metric: str, runs: dict[str, dict]) -> str | None:
+    """The recorded curve to draw for `metric`: itself when the runs hold its curve,
+    else the curve the metric is derived from (`post_shift_val_loss` → `val_loss`:
+    the longest curve name the metric ends with), else None."""
+    names = {c for r in runs.values() for c in (r["final"].get("curves") or {})}
+    if metric in names:
+        return metric
+    derived = [c for c in names if metric.endswith("_" + c)]
+    return max(derived, key=len) if derived else None
+
+
+def _start_value(curve: str | None, runs: dict[str, dict]) -> float | None:
+    """The mean of `curve` at step 0 over every run and seed (ℓ₀), if recorded."""
+    values = []
+    for r in runs.values():
+        final = r["final"]
+        data = (final.get("curves") or {}).get(curve) if curve else None
+        if data and final.get("eval_steps", [None])[0] == 0:
+            values += [row[0] for row in data if row and row[0] is not None]
+    finite = _floats(values)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else None
+
+
+def _mde_line(ctx: _Context, task: str, min_effect: float) -> list[str]:
+    rated = [(o, j) for (t, o), j in ctx.judged.items()
+             if t == task and o in PRETTY and o != ctx.baseline and math.isfinite(j.mde)]
+    if not rated:
+        return []
+    n = "/".join(sorted({str(j.diff.n) for _, j in rated}))
+    return [f"Smallest effect this run could detect here ({POWER:.0%} power, {n} seeds, "
+            "observed sd of the paired differences, level α/m of its family): "
+            + ", ".join(f"{_pretty(o)} {_f(j.mde, 3)}" for o, j in rated)
+            + f"; min_effect {_f(min_effect)}.", ""]
 
 
 def _per_task(ctx: _Context) -> list[str]:
@@ -256,15 +365,25 @@ def _per_task(ctx: _Context) -> list[str]:
                   f"shifts at {info.get('shift_steps') or 'none'}."
                   + ("" if ctx.baseline in runs else f" `{ctx.baseline}` was not run here."), ""]
         lines += _table(["optimizer", "best lr", f"final {metric} [95% CI]",
-                         f"diff vs {ctx.baseline} [CI]", "Holm p", "verdict",
-                         "steps to target (median)", "diverged seeds"],
+                         f"diff vs {ctx.baseline} [95% CI]", "diff: Holm CI", "Holm p",
+                         "verdict", "MDE", "steps to target (median)", "diverged seeds"],
                         _task_rows(ctx, task, runs))
+        lines += _mde_line(ctx, task, float(info["min_effect"]))
         name = _safe(task)
-        lines += ["Curves: mean over the final seeds with a 95% CI band (values of diverged "
-                  "seeds left out), dashed lines at distribution shifts.", ""]
-        lines += _image(plots.curves(task, metric, runs, info.get("shift_steps") or [],
-                                     ctx.out_dir / f"curves_{name}.png"), f"{task} curves")
-        lines += _image(plots.lr_sensitivity(task, runs, ctx.out_dir / f"lr_{name}.png"),
+        curve = curve_for(metric, runs)
+        image = plots.curves(task, curve, runs, info.get("shift_steps") or [],
+                             ctx.out_dir / f"curves_{name}.png") if curve else None
+        if image is None:
+            lines += [f"Curves: none recorded for `{metric}`.", ""]
+        else:
+            derived = ("" if curve == metric else
+                       f" The metric `{metric}` is derived from the `{curve}` curve "
+                       "(its mean over the evaluations after the first shift).")
+            lines += [f"Curves of `{curve}`: mean over the final seeds with a 95% CI band "
+                      "(values of diverged seeds left out), dashed lines at distribution "
+                      f"shifts.{derived}", "", *_image(image, f"{task} curves")]
+        lines += _image(plots.lr_sensitivity(task, runs, ctx.out_dir / f"lr_{name}.png",
+                                             start=_start_value(curve, runs)),
                         f"{task} LR sensitivity")
         lines += _image(plots.beta1(task, runs, ctx.out_dir / f"beta1_{name}.png"),
                         f"{task} beta1 trajectories")
@@ -277,12 +396,15 @@ def _forest(ctx: _Context) -> list[str]:
     for (task, opt), j in ctx.judged.items():
         me = float(_info(ctx.tasks[task])["min_effect"]) or math.nan
         rows.append((f"{task} · {opt}", j.diff.mean / me, j.diff.lo / me, j.diff.hi / me,
-                     j.verdict))
+                     j.verdict, j.adj_lo / me, j.adj_hi / me))
     path = plots.forest(rows, ctx.out_dir / "forest.png", ctx.baseline)
     if path is None:
         return lines + ["Not run: no finite paired difference to show.", ""]
     return lines + ["Each difference is divided by its task's min_effect so that all tasks "
-                    "share one axis; the band is ±1 min_effect.", "", *_image(path, "forest")]
+                    "share one axis; the band is ±1 min_effect. Thick bars: 95% CI; thin "
+                    "bars: Holm CI (excludes 0 exactly when the comparison is significant "
+                    "after Holm). Colour: verdict (legend). The STAM family comes first, "
+                    "then the peers.", "", *_image(path, "forest")]
 
 
 def _claims(ctx: _Context) -> list[str]:
@@ -305,6 +427,10 @@ def _profile(ctx: _Context) -> list[str]:
     common = [t for t, runs in ctx.tasks.items() if all(o in runs for o in opts)]
     if not common:
         return lines + ["Not run: no task has every optimizer.", ""]
+    if len(common) < PROFILE_MIN_TASKS:
+        return lines + [f"Not shown: a performance profile needs at least {PROFILE_MIN_TASKS} "
+                        f"tasks that every optimizer ran; this run has {len(common)} "
+                        f"({', '.join(common)}).", ""]
     costs = {o: [_median_cost(ctx.tasks[t][o]) for t in common] for o in opts}
     taus = np.linspace(1.0, PROFILE_TAU_MAX, 301)
     prof = performance_profile(costs, taus)

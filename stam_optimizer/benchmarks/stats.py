@@ -4,29 +4,40 @@ Every comparison in `stam-bench` is paired: two optimizers run on the same seeds
 and the per-seed differences are what gets tested. Lower metric is better
 everywhere, and a difference is always `candidate - baseline`, so a negative
 difference means the candidate did better.
+
+Besides the plain 95% intervals, each comparison of a Holm family gets an
+interval at the level Holm's step-down procedure actually tested it at
+(`holm_levels`), so that "the adjusted interval excludes 0" and "Holm-adjusted
+p < alpha" always agree, and a minimum detectable effect
+(`min_detectable_effect`): the difference a paired t-test at that family's
+strictest level would find with 80% power, given the number of seeds and the
+observed spread of the per-seed differences.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 from scipy import stats as sps
+from scipy.optimize import brentq
 
 NAN = float("nan")
 
 
 class PairedDiff(NamedTuple):
-    """Mean of the per-seed differences `a - b`, its CI, the paired t-test p-value
-    and the number of pairs."""
+    """Mean of the per-seed differences `a - b`, its CI, the paired t-test p-value,
+    the number of pairs and the sample standard deviation of the differences."""
 
     mean: float
     lo: float
     hi: float
     p_value: float
     n: int
+    sd: float = NAN
 
 
 def _as_float_array(x) -> np.ndarray:
@@ -71,10 +82,22 @@ def paired_difference(a, b, confidence: float = 0.95) -> PairedDiff:
     if n < 2:
         return PairedDiff(mean, NAN, NAN, NAN, n)
     if np.all(d == d[0]):
-        return PairedDiff(mean, mean, mean, 0.0 if mean != 0 else 1.0, n)
+        return PairedDiff(mean, mean, mean, 0.0 if mean != 0 else 1.0, n, 0.0)
     res = sps.ttest_rel(x, y)
     ci = res.confidence_interval(confidence)
-    return PairedDiff(mean, float(ci.low), float(ci.high), float(res.pvalue), n)
+    return PairedDiff(mean, float(ci.low), float(ci.high), float(res.pvalue), n,
+                      float(d.std(ddof=1)))
+
+
+def interval(diff: PairedDiff, confidence: float) -> tuple[float, float]:
+    """The Student-t interval of `diff.mean` at `confidence`, from its `sd` and `n`
+    (the interval `paired_difference` would give at that confidence)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if diff.n < 2 or not (math.isfinite(diff.mean) and math.isfinite(diff.sd)):
+        return NAN, NAN
+    half = float(sps.t.ppf(0.5 + confidence / 2, diff.n - 1)) * diff.sd / math.sqrt(diff.n)
+    return diff.mean - half, diff.mean + half
 
 
 def holm(p_values) -> np.ndarray:
@@ -94,6 +117,81 @@ def holm(p_values) -> np.ndarray:
     scaled = p[order] * (m - np.arange(m))
     out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
     return out
+
+
+def holm_levels(p_values, alpha: float = 0.05) -> np.ndarray:
+    """The significance level at which Holm's procedure tests each p-value.
+
+    With the m p-values sorted, p_(1) <= ... <= p_(m), Holm compares p_(k) with
+    `alpha / (m - k + 1)` until the first one that fails, say the r-th; every
+    p-value from there on is judged at that last level `alpha / (m - r + 1)`. A
+    two-sided interval at confidence `1 - level` therefore excludes 0 exactly
+    when the Holm-adjusted p-value is below `alpha`. nan entries stay nan and do
+    not count in m.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    p = _as_float_array(p_values)
+    out = np.full(p.shape, NAN)
+    idx = np.flatnonzero(~np.isnan(p))
+    if idx.size == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m = order.size
+    rejected = holm(p[order]) < alpha  # in sorted order: True then False
+    r = int(np.argmin(rejected)) if not rejected.all() else m
+    k = np.arange(m)
+    out[order] = alpha / (m - np.minimum(k, r))
+    return out
+
+
+def power_paired(effect: float, sd: float, n: int, level: float) -> float:
+    """Power of the two-sided paired t-test at `level` with `n` pairs when the true
+    mean difference is `effect` and the differences have standard deviation `sd`."""
+    df = n - 1
+    crit = float(sps.t.ppf(1 - level / 2, df))
+    nc = abs(effect) * math.sqrt(n) / sd
+    # the far tail is below 1e-3 of the power at any nc > 0 that matters here, and
+    # scipy's nct returns nan for some of its tiny values: count those as 0
+    far = float(np.nan_to_num(sps.nct.cdf(-crit, df, nc), nan=0.0))
+    return float(sps.nct.sf(crit, df, nc)) + far
+
+
+def min_detectable_effect(sd: float, n: int, level: float, power: float = 0.8) -> float:
+    """The smallest mean difference that a two-sided paired t-test at `level`
+    detects with probability `power`, for `n` pairs whose differences have
+    standard deviation `sd` (noncentral t; nan for n < 2 or a non-finite sd,
+    0 for sd = 0)."""
+    if not 0 < level < 1 or not 0 < power < 1:
+        raise ValueError(f"level and power must be in (0, 1), got {level} and {power}")
+    if n < 2 or sd is None or not math.isfinite(sd):
+        return NAN
+    if sd == 0:
+        return 0.0
+    with warnings.catch_warnings():  # scipy's nct series may not converge far out;
+        warnings.simplefilter("ignore", RuntimeWarning)  # such a result is checked below
+        hi = sd
+        for _ in range(200):
+            reached = power_paired(hi, sd, n, level)
+            if not math.isfinite(reached):
+                return NAN
+            if reached >= power:
+                break
+            hi *= 2
+        else:
+            return NAN
+        try:
+            mde = float(brentq(lambda e: power_paired(e, sd, n, level) - power, 0.0, hi,
+                               xtol=1e-12 * hi, rtol=1e-10))
+        except ValueError:  # a nan power inside the bracket
+            return NAN
+    return mde if math.isfinite(mde) else NAN
+
+
+def win_threshold(n: int, level: float) -> float:
+    """How many standard errors (sd/√n) a mean difference must reach for the paired
+    t-test with `n` pairs to be significant at `level`."""
+    return float(sps.t.ppf(1 - level / 2, n - 1)) if n >= 2 else NAN
 
 
 def verdict(diff: PairedDiff, p_adjusted: float, min_effect: float, alpha: float = 0.05) -> str:
