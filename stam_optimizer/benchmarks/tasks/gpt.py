@@ -17,10 +17,10 @@ Schedule-free AdamW replaces the decay by its iterate averaging: it gets the
 same warmup and then a constant learning rate (its authors' recipe), and it is
 evaluated at its averaged parameters (`optax.contrib.schedule_free_eval_params`).
 
-The grid is the same for every optimizer: half-decades from 1e-4 to 1 at full
-size (3e-4 … 3e-1 and one point beyond each end; the runner adds two more beyond
-an edge where the best sits). Each run record also holds the optimizer's state
-bytes and the peak memory of the compiled train step (`train_step_peak_bytes`).
+The grid is the same for every optimizer: half-decades 3e-4 … 3e-1 at full
+size; the runner adds two more points beyond an edge where the best sits.
+Each run record also holds the optimizer's state bytes and the peak memory of
+the compiled train step (`train_step_peak_bytes`).
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ Z_LOSS = 1e-4
 LAYERS, HEAD_DIM = 2, 16
 
 # Peak learning rates, half-decades (the same for every optimizer).
-GRID = {"tiny": (1e-3, 1e-2), "quick": (1e-3, 3e-3, 1e-2, 3e-2),
-        "full": tuple(float(f"{x:.1g}") for x in np.logspace(-4, 0, 9))}
+GRID = {"tiny": (3e-2, 1e-1, 3e-1), "quick": (3e-3, 1e-2, 3e-2, 1e-1),
+        "full": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)}
 # (tuning seeds, final seeds)
 SEEDS = {"tiny": ((1000,), (0, 1)), "quick": ((1000,), (0, 1)),
          "full": ((1000,), (0, 1, 2, 3))}
 # Per width: (steps, batch, context); tokens per run = steps x batch x context.
-SHAPES = {"tiny": (12, 4, 16), "quick": (120, 8, 32), "full": (300, 8, 64)}
-EVALS = {"tiny": 4, "quick": 12, "full": 30}
+SHAPES = {"tiny": (12, 4, 16), "quick": (120, 8, 32), "full": (250, 8, 64)}
+EVALS = {"tiny": 4, "quick": 12, "full": 25}
 VAL_WINDOWS = {"tiny": 4, "quick": 16, "full": 32}
 
 HYPERPARAMETERS = {
@@ -187,10 +187,10 @@ class Variant:
         return f"gpt_d{self.d}" + ("_qk" if self.qk_norm else "") + ("_z" if self.z_loss else "")
 
 
-WIDTHS = (32, 64, 128)
+WIDTHS = (16, 32, 64)
 VARIANTS = tuple([Variant(d, qk) for d in WIDTHS for qk in (False, True)]
-                 + [Variant(WIDTHS[-1], False, True), Variant(WIDTHS[-1], True, True)])
-QUICK_VARIANTS = (Variant(32), Variant(32, True))
+                 + [Variant(WIDTHS[-1], False, True)])
+QUICK_VARIANTS = (Variant(16), Variant(16, True))
 
 
 def _corpus() -> tuple[np.ndarray, int]:
@@ -231,7 +231,8 @@ def make(cfg: Config, v: Variant) -> Task:
         tx = llm_optimizer(name, 1e-3, steps, warmup)
         b = jax.ShapeDtypeStruct((batch_size, seq + 1), jnp.int32)
         return {"params": memory.param_count(p), "state_bytes": memory.state_bytes(tx, p),
-                "train_step_peak_bytes": train_step_peak_bytes(loss, tx, p, b)}
+                "train_step_peak_bytes": train_step_peak_bytes(loss, tx, p, b),
+                "tokens_per_run": tokens, "recipe": HYPERPARAMETERS[name]}
 
     tokens = steps * batch_size * seq
     heads = max(1, v.d // HEAD_DIM)
