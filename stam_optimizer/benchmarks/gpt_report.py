@@ -202,13 +202,13 @@ def _memory_figure(runs: dict[str, dict], title: str, path: Path) -> Path | None
         return None
     fig = plots._figure(11, 4.5)
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, col, label in zip(axes, (1, 2), ("optimizer state bytes",
-                                             "compiled train-step peak bytes")):
+    for ax, col, label in zip(axes, (1, 2), ("optimizer state (MiB)",
+                                             "compiled train-step peak (MiB)")):
         for p in pts:
             if p[col] is None:
                 continue
-            ax.plot(p[col], p[3], "o")
-            ax.annotate(p[0], (p[col], p[3]), fontsize="x-small", xytext=(3, 3),
+            ax.plot(p[col] / 2**20, p[3], "o")
+            ax.annotate(p[0], (p[col] / 2**20, p[3]), fontsize="x-small", xytext=(3, 3),
                         textcoords="offset points")
         ax.set(xlabel=label)
     axes[0].set_ylabel("best final val loss (mean of final seeds)")
