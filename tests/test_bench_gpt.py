@@ -3,6 +3,7 @@ against float64 NumPy), the schedule, the LR-sensitivity metric and the spike ru
 on hand-worked curves, schedule-free evaluation, and a tiny end-to-end run that
 produces the report section."""
 
+import json
 import math
 
 import jax
@@ -153,19 +154,35 @@ def test_schedule_free_is_evaluated_at_its_averaged_parameters():
     assert gpt_tasks.eval_params("adamw", p, state) is p
 
 
-def test_every_recipe_builds_clips_and_decays():
+def test_every_recipe_builds_and_gives_finite_updates():
     params = {"embed": jnp.ones((5, 4)), "pos": jnp.ones((3, 4)), "ln_f": jnp.ones(4),
               "head": jnp.ones((4, 5)),
               "blocks": [{"ln1": jnp.ones(4), "qkv": jnp.ones((4, 12))}]}
     grads = jax.tree.map(lambda p: jnp.full_like(p, 100.0), params)
-    for name in gpt_tasks.OPTIMIZERS:
-        if name.endswith("_energy") and name not in registry.OPTIMIZERS:
-            continue  # the energy signal is not in this tree
-        tx = gpt_tasks.llm_optimizer(name, 1e-2, steps=20, warmup=2)
-        u, _ = tx.update(grads, tx.init(params), params)
+    names = [n for n in gpt_tasks.OPTIMIZERS
+             if not n.endswith("_energy") or n in registry.OPTIMIZERS]
+    txs = {n: gpt_tasks.llm_optimizer(n, 1e-2, steps=20, warmup=2) for n in names}
+
+    @jax.jit
+    def updates(grads, params):  # one program for every recipe
+        return {n: tx.update(grads, tx.init(params), params)[0] for n, tx in txs.items()}
+
+    for name, u in updates(grads, params).items():
         assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u)), name
     with pytest.raises(ValueError, match="no gpt recipe"):
         gpt_tasks.llm_optimizer("sgd_momentum", 1e-2, 20, 2)
+
+
+def test_clipping_comes_first_in_every_recipe():
+    """Gradients 10x or 1000x beyond the clip norm give the same first update."""
+    params = {"embed": jnp.ones((5, 4)), "pos": jnp.ones((3, 4)), "ln_f": jnp.ones(4),
+              "head": jnp.ones((4, 5)), "blocks": [{"ln1": jnp.ones(4)}]}
+    g = jax.tree.map(lambda p: jnp.linspace(-1.0, 1.0, p.size).reshape(p.shape), params)
+    tx = gpt_tasks.llm_optimizer("adamw", 1e-2, steps=20, warmup=2)
+    a = tx.update(jax.tree.map(lambda x: 10 * x, g), tx.init(params), params)[0]
+    b = tx.update(jax.tree.map(lambda x: 1000 * x, g), tx.init(params), params)[0]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-9)
 
 
 def test_suite_plans_per_size_and_filters_the_signal_variants():
@@ -188,18 +205,24 @@ def test_suite_plans_per_size_and_filters_the_signal_variants():
 def test_tiny_suite_end_to_end_writes_the_report_section(tmp_path):
     task = gpt_tasks.TASKS["gpt_d16_qk"](Config(size="tiny"))
     tune, final = programme.seeds_of(task, "tiny")
-    for name in ("adamw", "schedule_free_adamw"):
-        rec = runner.tune_and_run(task, name, tune, final, "tiny")
-        files.write_json(str(tmp_path / "runs" / task.name / f"{name}.json"), rec)
-        assert rec["measured"]["state_bytes"] > 0 and rec["measured"]["train_step_peak_bytes"]
-        sens = rec["lr_sensitivity"]
-        assert np.asarray(sens["train_loss"]).shape == (len(sens["lrs"]), len(final),
-                                                        task.steps // task.eval_every + 1)
-        assert len(sens["start_metric"]) == len(final)
-    path = report.build_report(tmp_path)
-    text = path.read_text()
+    rec = runner.tune_and_run(task, "adamw", tune, final, "tiny")
+    assert rec["measured"]["state_bytes"] == 2 * 4 * rec["measured"]["params"] + 4 + 4
+    assert rec["measured"]["train_step_peak_bytes"] > rec["measured"]["state_bytes"]
+    sens = rec["lr_sensitivity"]
+    assert np.asarray(sens["train_loss"]).shape == (len(sens["lrs"]), len(final),
+                                                    task.steps // task.eval_every + 1)
+    assert len(sens["start_metric"]) == len(final)
+    files.write_json(str(tmp_path / "runs" / task.name / "adamw.json"), rec)
+    # a second optimizer, made from the first: better by 0.1 at every lr and seed
+    other = json.loads(json.dumps(rec)) | {"optimizer": "stam_full"}
+    other["final"]["metric"] = [v - 0.1 for v in rec["final"]["metric"]]
+    other["lr_sensitivity"]["final_seed_metric"] = [
+        [v - 0.1 for v in row] for row in rec["lr_sensitivity"]["final_seed_metric"]]
+    files.write_json(str(tmp_path / "runs" / task.name / "stam_full.json"), other)
+    text = report.build_report(tmp_path).read_text()
     section = text[text.index("## GPT suite"):]
-    assert "### gpt_d16_qk" in section and "`schedule_free_adamw`" in section
-    assert "LR sensitivity" in section and "spikes" in section
+    assert "### gpt_d16_qk" in section and "`stam_full`" in section
+    row = next(line for line in section.splitlines() if line.startswith("| `stam_full`"))
+    assert "-0.1 [-0.1, -0.1]" in row and "**win**" in row  # (a): a constant 0.1 better
     for png in ("gpt_lr_sensitivity.png", "gpt_loss_vs_lr.png", "gpt_memory_gpt_d16_qk.png"):
         assert (tmp_path / png).stat().st_size > 0, png

@@ -190,7 +190,7 @@ class Variant:
 WIDTHS = (16, 32, 64)
 VARIANTS = tuple([Variant(d, qk) for d in WIDTHS for qk in (False, True)]
                  + [Variant(WIDTHS[-1], False, True)])
-QUICK_VARIANTS = (Variant(16), Variant(16, True))
+QUICK_VARIANTS = (Variant(16),)
 
 
 def _corpus() -> tuple[np.ndarray, int]:
