@@ -123,6 +123,19 @@ def test_lr_sensitivity_on_hand_worked_sweeps():
     assert math.isnan(gpt_report.lr_sensitivity([None, float("nan")], 3.0))
 
 
+def test_lr_sensitivity_is_taken_over_the_shared_learning_rates():
+    def run(lrs, losses):
+        return {"lr_sensitivity": {"lrs": lrs, "final_seed_metric": [[x] for x in losses],
+                                   "start_metric": [4.0]}}
+
+    a = run([0.1, 1.0], [2.0, 3.0])
+    b = run([0.01, 0.1, 1.0], [1.0, 2.0, 3.0])  # extended downwards: one more lr
+    assert gpt_report.common_lrs({"a": a, "b": b}) == [0.1, 1.0]
+    np.testing.assert_allclose(gpt_report.seed_sensitivities(b), [(0 + 1 + 2) / 3])
+    np.testing.assert_allclose(gpt_report.seed_sensitivities(b, [0.1, 1.0]), [0.5])
+    np.testing.assert_allclose(gpt_report.seed_sensitivities(a, [0.1, 1.0]), [0.5])
+
+
 def test_spike_rule_on_hand_worked_curves():
     assert gpt_report.count_spikes([4.0, 3.0, 2.5, 2.4, 2.3]) == 0
     # 2.9 > 1.1 * 2.4: one spike, and two raised points in a row are still one

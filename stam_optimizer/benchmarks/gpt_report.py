@@ -75,11 +75,15 @@ def diverged(curve) -> bool:
     return not np.isfinite(_floats(curve)).all()
 
 
-def seed_sensitivities(run: dict) -> np.ndarray:
-    """LR sensitivity per final seed of a run file."""
+def seed_sensitivities(run: dict, lrs=None) -> np.ndarray:
+    """LR sensitivity per final seed of a run file, over the learning rates `lrs`
+    (default: all of the run's; an extension beyond the grid changes the range, so
+    optimizers are compared on the lrs they share, see `common_lrs`)."""
     sens = run["lr_sensitivity"]
     m = _floats(np.ravel(np.asarray(sens["final_seed_metric"], dtype=object))).reshape(
         len(sens["lrs"]), -1)
+    if lrs is not None:
+        m = m[[i for i, lr in enumerate(sens["lrs"]) if lr in set(lrs)]]
     starts = _floats(sens["start_metric"])
     return np.array([lr_sensitivity(m[:, i], starts[i]) for i in range(m.shape[1])])
 
@@ -89,6 +93,12 @@ def spike_counts(run: dict) -> tuple[int, int, int]:
     curves = [c for row in run["lr_sensitivity"]["train_loss"] for c in row]
     n = [count_spikes(c) for c in curves]
     return sum(n), sum(k > 0 for k in n), sum(diverged(c) for c in curves)
+
+
+def common_lrs(runs: dict[str, dict]) -> list[float]:
+    """The learning rates every run of a task has (the grid without extensions)."""
+    sets = [set(r["lr_sensitivity"]["lrs"]) for r in runs.values()]
+    return sorted(set.intersection(*sets)) if sets else []
 
 
 def _variant(run: dict) -> tuple[int, bool, bool]:
@@ -121,8 +131,9 @@ def judge_suite(tasks: Tasks, baseline: str) -> tuple[dict, dict]:
         tests = {}
         for t, o in members:
             a, b = tasks[t][o], tasks[t][baseline]
-            sa, sb = dict(zip(a["final"]["seeds"], seed_sensitivities(a))), dict(
-                zip(b["final"]["seeds"], seed_sensitivities(b)))
+            lrs = common_lrs(tasks[t])
+            sa, sb = dict(zip(a["final"]["seeds"], seed_sensitivities(a, lrs))), dict(
+                zip(b["final"]["seeds"], seed_sensitivities(b, lrs)))
             common = [s for s in sa if s in sb]
             tests[(t, o)] = (paired_difference([sa[s] for s in common],
                                                [sb[s] for s in common]), LRS_MIN_EFFECT)
@@ -139,7 +150,7 @@ def _sensitivity_figure(tasks: Tasks, path: Path) -> Path | None:
     drawn = False
     for ax, qk in zip(axes, (False, True)):
         for k, o in enumerate(opts):
-            pts = sorted((_variant(r)[0], *mean_ci(seed_sensitivities(r)))
+            pts = sorted((_variant(r)[0], *mean_ci(seed_sensitivities(r, common_lrs(runs))))
                          for runs in tasks.values() for name, r in runs.items()
                          if name == o and _variant(r)[1:] == (qk, False))
             if not pts:
@@ -255,7 +266,9 @@ def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
               "(Wortsman et al. 2023, figure 1) is, per final seed, the mean over the grid of "
               "min(ℓ(η), ℓ₀) − ℓ*, with ℓ₀ the validation loss at initialisation, ℓ* the "
               "best final loss of the sweep and a diverged run counted as ℓ₀ (lower: less "
-              "sensitive). **Spikes**: in each run's curve of training-loss means (one per "
+              "sensitive), over the learning rates every optimizer of the task ran (grid "
+              "extensions left out, so that the range is the same for all). **Spikes**: in "
+              "each run's curve of training-loss means (one per "
               "evaluation interval), a point above (1 + "
               f"{SPIKE_RISE:g}) × the lowest earlier point is raised, and each stretch of "
               "raised points is one spike; a non-finite loss is a divergence, not a spike. "
@@ -271,6 +284,14 @@ def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
         lines += ["LR sensitivity against width (mean over final seeds, 95% CI), without and "
                   "with qk-layernorm (z-loss off):", "", f"![gpt LR sensitivity]({path.name})",
                   ""]
+    opts = sorted({o for runs in tasks.values() for o in runs})
+    grid = [[f"`{o}`", *(_f(mean_ci(seed_sensitivities(tasks[t][o], common_lrs(tasks[t])))[0],
+                            3)
+                         + ("" if (t, o) not in sens else f" ({sens[(t, o)].verdict})")
+                         if o in tasks[t] else "—" for t in order)] for o in opts]
+    lines += ["LR sensitivity per optimizer and task (mean over final seeds, nats; in "
+              f"brackets the verdict (b) against `{baseline}`):", "",
+              *_table(["optimizer", *(f"`{t}`" for t in order)], grid)]
     path = _loss_lr_figure(tasks, out_dir / "gpt_loss_vs_lr.png")
     if path:
         lines += ["Final validation loss against peak learning rate (mean over final seeds; "
@@ -298,7 +319,7 @@ def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
                     r["final"]["metric"]))),
                 "baseline" if o == baseline else "n/a" if jb is None else _ci(*jb.diff[:3]),
                 "" if jb is None else f"**{jb.verdict}**",
-                _ci(*mean_ci(seed_sensitivities(r))),
+                _ci(*mean_ci(seed_sensitivities(r, common_lrs(runs)))),
                 "baseline" if o == baseline else "n/a" if js is None else _ci(*js.diff[:3]),
                 "" if js is None else f"**{js.verdict}**",
                 f"{spikes} ({with_spike}/{n_runs})", f"{div}/{n_runs}",
