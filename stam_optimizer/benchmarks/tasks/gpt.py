@@ -51,7 +51,7 @@ GRID = {"tiny": (3e-2, 1e-1, 3e-1), "quick": (3e-3, 1e-2, 3e-2, 1e-1),
         "full": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)}
 # (tuning seeds, final seeds)
 SEEDS = {"tiny": ((1000,), (0, 1)), "quick": ((1000,), (0, 1)),
-         "full": ((1000,), (0, 1, 2, 3))}
+         "full": ((1000,), (0, 1, 2, 3, 4))}
 # Per width: (steps, batch, context); tokens per run = steps x batch x context.
 SHAPES = {"tiny": (12, 4, 16), "quick": (120, 8, 32), "full": (200, 8, 64)}
 EVALS = {"tiny": 4, "quick": 12, "full": 20}
