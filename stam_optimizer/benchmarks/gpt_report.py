@@ -156,10 +156,13 @@ def _sensitivity_figure(tasks: Tasks, path: Path) -> Path | None:
             if not pts:
                 continue
             w, m, lo, hi = (np.array(v, dtype=float) for v in zip(*pts))
-            ax.errorbar(w, m, yerr=[m - lo, hi - m], marker="o", capsize=3,
+            shift = 1 + 0.015 * (k - (len(opts) - 1) / 2)  # side by side, not on top
+            ax.errorbar(w * shift, m, yerr=[m - lo, hi - m], marker="o", capsize=3,
                         linestyle=plots.STYLES[k // 10 % len(plots.STYLES)], label=o)
             drawn = True
         ax.set_xscale("log", base=2)
+        widths = sorted({_variant(r)[0] for runs in tasks.values() for r in runs.values()})
+        ax.set_xticks(widths, [str(w) for w in widths])
         ax.set(xlabel="width d", title=f"qk-layernorm {'on' if qk else 'off'}")
     if not drawn:
         return None
