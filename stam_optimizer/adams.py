@@ -24,9 +24,10 @@ class ScaleByAdamsState(NamedTuple):
       nonfinite: int32, one per tensor in the leaf order of
         `jax.tree.leaves(params)`: the number of steps so far at which the
         tensor's gradient had a NaN or ±Inf entry (those entries were used as
-        0). It is read off `sum(g)`, so a step also counts when every entry is
-        finite but the sum overflows float32 (beyond about 3.4e38). Saturates
-        at 2³¹−1. Read it with `tree_nonfinite`.
+        0). It is read off `sum(g)` (one more read of g per step), so a step
+        also counts when every entry is finite but the sum overflows the
+        statistics dtype (beyond about 3.4e38 in float32). Saturates at
+        2³¹−1. Read it with `tree_nonfinite`.
     """
 
     m: optax.Updates

@@ -35,7 +35,8 @@ class ScaleByStamState(NamedTuple):
         tensor's gradient had a NaN or ±Inf entry (those entries were used as 0).
         It is read off the residual sums `sum((g−μ)²)`, `sum(|g−μ|)` (no extra
         pass), so a step also counts when every entry is finite but a sum
-        overflows the statistics dtype (|g−μ| above about 1.8e19 in float32).
+        overflows the statistics dtype (in float32: an entry with |g−μ| above
+        about 1.8e19, whose square is inf, or sums beyond about 3.4e38).
         Saturates at 2³¹−1. Read it with `tree_nonfinite`.
     """
 

@@ -34,7 +34,8 @@ class ScaleByStamLiteState(NamedTuple):
         tensor's gradient had a NaN or ±Inf entry (those entries were used as 0).
         It is read off the sums `sum(g)`, `sum(g²)` (no extra pass), so a step
         also counts when every entry is finite but a sum overflows the
-        statistics dtype (|g| above about 1.8e19 in float32). Saturates at
+        statistics dtype (in float32: an entry with |g| above about 1.8e19,
+        whose square is inf, or sums beyond about 3.4e38). Saturates at
         2³¹−1. Read it with `tree_nonfinite`.
     """
 

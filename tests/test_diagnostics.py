@@ -165,6 +165,22 @@ def test_nonfinite_count_through_wrappers_and_masks():
         k: v for k, v in expected.items() if k != "bias"}
 
 
+@pytest.mark.parametrize("factory", [so.stam, so.stam_lite, so.adams])
+def test_large_finite_gradients_are_not_counted(factory):
+    # What the state docstrings promise: finite entries count only when a
+    # statistic overflows float32 (|g| ≳ 1.8e19 squared, or a sum ≳ 3.4e38).
+    params = {"w": jnp.zeros(4), "v": jnp.zeros(4)}
+    tx = factory(1e-3)
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.full(4, 1e15), "v": jnp.full(4, -1e15)}, state, params)
+    counts = so.tree_nonfinite(state, params)
+    assert int(counts["w"]) == 0 and int(counts["v"]) == 0
+    big = 1e20 if factory is not so.adams else 3e38
+    _, state = tx.update({"w": jnp.full(4, big), "v": jnp.ones(4)}, state, params)
+    counts = so.tree_nonfinite(state, params)
+    assert int(counts["w"]) == 1 and int(counts["v"]) == 0
+
+
 def test_nonfinite_count_saturates():
     params = {"w": jnp.ones(3)}
     for tx in (so.stam(), so.stam_lite(), so.adams()):
