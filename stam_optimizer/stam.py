@@ -31,6 +31,13 @@ class ScaleByStamState(NamedTuple):
       tau: τ, running mean absolute residual, one per tensor.
       beta1: β₁ used at the last step, one per tensor (read it with `tree_beta1`).
       beta1_prod: Π, running product of the β₁ actually used, one per tensor.
+      nonfinite: int32, one per tensor: the number of steps so far at which the
+        tensor's gradient had a NaN or ±Inf entry (those entries were used as 0).
+        It is read off the residual sums `sum((g−μ)²)`, `sum(|g−μ|)` (no extra
+        pass), so a step also counts when every entry is finite but a sum
+        overflows the statistics dtype (in float32: an entry with |g−μ| above
+        about 1.8e19, whose square is inf, or sums beyond about 3.4e38).
+        Saturates at 2³¹−1. Read it with `tree_nonfinite`.
     """
 
     count: jax.Array
@@ -40,6 +47,7 @@ class ScaleByStamState(NamedTuple):
     tau: jax.Array
     beta1: jax.Array
     beta1_prod: jax.Array
+    nonfinite: jax.Array
 
 
 def _validate(b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold, b1_min):
@@ -111,6 +119,7 @@ def scale_by_stam(
         b1_min = c.default_b1_min(b1_base, alpha)
 
     def init_fn(params):
+        params = c.as_arrays(params)
         leaves = jax.tree.leaves(params)
         n, dt = len(leaves), c.stat_dtype(leaves)
         return ScaleByStamState(
@@ -121,16 +130,16 @@ def scale_by_stam(
             tau=c.vector(n, 0.0, dt, leaves),
             beta1=c.vector(n, b1_base, dt, leaves),
             beta1_prod=c.vector(n, 1.0, dt, leaves),
+            nonfinite=c.vector(n, 0, jnp.int32, leaves),
         )
 
     def update_fn(updates, state, params=None):
         del params
-        treedef = jax.tree.structure(updates)
-        gs = treedef.flatten_up_to(updates)
+        treedef, gs = c.grad_leaves(updates, state.mu)
         mus, nus = treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
         t, dt = state.count, state.sigma2.dtype
         # Tensor statistics of r = g − μ: one fused pass per sum and tensor.
-        (sum_r2, sum_abs_r), gs_in, (mus,) = c.tensor_sums(
+        (sum_r2, sum_abs_r), gs_in, (mus,), flagged = c.tensor_sums(
             (lambda g, m: (g - m) ** 2, lambda g, m: jnp.abs(g - m)), gs, [mus], dt)
         size, nonempty = c.leaf_sizes(gs, dt)
         # The scalar rules of docs/math.md, for all tensors at once (vectors in leaf order).
@@ -169,7 +178,8 @@ def scale_by_stam(
 
         us, (mus, nus) = c.map_leaves(leaf_update, gs_in, [mus, nus], (beta1, inv_mu_bias))
         new_state = ScaleByStamState(optax.safe_increment(t), treedef.unflatten(mus),
-                                     treedef.unflatten(nus), sigma2, tau, beta1, prod)
+                                     treedef.unflatten(nus), sigma2, tau, beta1, prod,
+                                     c.count_flagged(state.nonfinite, flagged))
         return treedef.unflatten(us), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -199,7 +209,7 @@ def stam(
       weight_decay: λ ≥ 0 (or a schedule). Default 0.01.
       mask: pytree or callable choosing the leaves that decay (optax convention).
         Under `optax.inject_hyperparams` pass `static_args=("mask",)`, or a callable
-        mask is taken for a schedule and weight decay is silently lost.
+        mask is taken for a schedule and weight decay is lost (a UserWarning says so).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax

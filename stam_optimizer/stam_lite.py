@@ -30,6 +30,13 @@ class ScaleByStamLiteState(NamedTuple):
       b: EMA of mean(g²), one per tensor.
       beta1: current β₁ (the one used at the last step), one per tensor.
       beta1_prod: Π, running product of the β₁ actually used, one per tensor.
+      nonfinite: int32, one per tensor: the number of steps so far at which the
+        tensor's gradient had a NaN or ±Inf entry (those entries were used as 0).
+        It is read off the sums `sum(g)`, `sum(g²)` (no extra pass), so a step
+        also counts when every entry is finite but a sum overflows the
+        statistics dtype (in float32: an entry with |g| above about 1.8e19,
+        whose square is inf, or sums beyond about 3.4e38). Saturates at
+        2³¹−1. Read it with `tree_nonfinite`.
     """
 
     count: jax.Array
@@ -38,6 +45,7 @@ class ScaleByStamLiteState(NamedTuple):
     b: jax.Array
     beta1: jax.Array
     beta1_prod: jax.Array
+    nonfinite: jax.Array
 
 
 def _validate(b1_base, eps, adapt_strength, moment_decay, beta1_update_interval, b1_min):
@@ -168,6 +176,8 @@ def scale_by_stam_lite(
     quantized = dtype == jnp.int8
     c.check_interval_int("block_size", block_size)
     c.check_range("min_quantized_size", min_quantized_size, 0.0)
+    c.check_bool("stochastic_rounding", stochastic_rounding)
+    c.check_number("seed", seed)
     alpha, rho, k = adapt_strength, moment_decay, beta1_update_interval
     if b1_min is None:
         b1_min = c.default_b1_min(b1_base, alpha)
@@ -185,6 +195,7 @@ def scale_by_stam_lite(
         return jax.tree.map(leaf, params, mask)
 
     def init_fn(params):
+        params = c.as_arrays(params)
         leaves = jax.tree.leaves(params)
         n, dt = len(leaves), c.stat_dtype(leaves)
         return ScaleByStamLiteState(
@@ -194,15 +205,16 @@ def scale_by_stam_lite(
             b=c.vector(n, 0.0, dt, leaves),
             beta1=c.vector(n, b1_base, dt, leaves),
             beta1_prod=c.vector(n, 1.0, dt, leaves),
+            nonfinite=c.vector(n, 0, jnp.int32, leaves),
         )
 
     def update_fn(updates, state, params=None):
-        del params
-        treedef = jax.tree.structure(updates)
-        gs, mus = treedef.flatten_up_to(updates), treedef.flatten_up_to(state.mu)
+        treedef, gs = c.grad_leaves(updates, state.mu, params)
+        mus = treedef.flatten_up_to(state.mu)
         t, dt = state.count, state.a.dtype
         # Tensor moments of g: one fused pass per sum and tensor.
-        (sum_g, sum_g2), gs_in, () = c.tensor_sums((lambda g: g, lambda g: g**2), gs, [], dt)
+        (sum_g, sum_g2), gs_in, (), flagged = c.tensor_sums(
+            (lambda g: g, lambda g: g**2), gs, [], dt)
         size, nonempty = c.leaf_sizes(gs, dt)
         # The scalar rules of docs/math.md, for all tensors at once (vectors in leaf order).
         a = rho * state.a + (1 - rho) * sum_g / size
@@ -242,7 +254,8 @@ def scale_by_stam_lite(
         index = jnp.arange(len(gs), dtype=jnp.int32)
         us, (mus,) = c.map_leaves(leaf_update, gs_in, [mus], (beta1, factor, index))
         new_state = ScaleByStamLiteState(optax.safe_increment(t), treedef.unflatten(mus),
-                                         a, b, beta1, prod)
+                                         a, b, beta1, prod,
+                                         c.count_flagged(state.nonfinite, flagged))
         return treedef.unflatten(us), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -270,7 +283,7 @@ def stam_lite(
 
     Updates are added to params (optax convention): `θ ← θ − lr·(u + λ·θ)`.
     Optimizer state is one param-shaped buffer (half of AdamW's in float32, a
-    quarter in bfloat16) plus four scalars per tensor.
+    quarter in bfloat16) plus four float scalars and one int32 count per tensor.
 
     Args:
       learning_rate: a float ≥ 0 or an optax schedule. Default 1e-3.

@@ -316,8 +316,9 @@ def test_resource_report_file_path_form(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    # The line 0.1.0 printed for small_mlp.
-    assert lines[0] == "small_mlp: AdamW state=0.13MB, STAM state=0.13MB, ratio=1.0005x"
+    # The line 0.1.0 printed for small_mlp ("ratio=1.0005x"), in the same format; the
+    # state now also holds one int32 count of non-finite steps per tensor.
+    assert lines[0] == "small_mlp: AdamW state=0.13MB, STAM state=0.13MB, ratio=1.0006x"
     data = json.loads(out.read_text())
     pattern = re.compile(r"^(\w+): AdamW state=([\d.]+)MB, (.+) state=([\d.]+)MB, "
                          r"ratio=([\d.]+)x$")
