@@ -23,7 +23,9 @@ Factory = Callable[..., optax.GradientTransformation]
 OPTIMIZERS: dict[str, Factory] = {
     "stam_full": lambda lr, wd=WD: so.stam(lr, weight_decay=wd),
     "stam_full_bf16": lambda lr, wd=WD: so.stam(lr, weight_decay=wd, mu_dtype="bfloat16"),
+    "stam_full_energy": lambda lr, wd=WD: so.stam(lr, weight_decay=wd, signal="energy"),
     "stam_lite": lambda lr, wd=WD: so.stam_lite(lr, weight_decay=wd),
+    "stam_lite_energy": lambda lr, wd=WD: so.stam_lite(lr, weight_decay=wd, signal="energy"),
     "stam_lite_bf16": lambda lr, wd=WD: so.stam_lite(lr, weight_decay=wd, state_dtype="bfloat16"),
     "stam_lite_int8": lambda lr, wd=WD: so.stam_lite(lr, weight_decay=wd, state_dtype="int8"),
     "stam_fixed": lambda lr, wd=WD: so.stam(lr, weight_decay=wd, adapt_strength=0.0),
@@ -40,8 +42,12 @@ OPTIMIZERS: dict[str, Factory] = {
     "adams": lambda lr, wd=WD: so.adams(lr, weight_decay=wd),
 }
 
-DECOUPLED_WD = ("stam_full", "stam_full_bf16", "stam_lite", "stam_lite_bf16", "stam_lite_int8",
-                "stam_fixed", "stam_const_beta", "adamw", "lion", "adams")
+DECOUPLED_WD = ("stam_full", "stam_full_bf16", "stam_full_energy", "stam_lite",
+                "stam_lite_energy", "stam_lite_bf16", "stam_lite_int8", "stam_fixed",
+                "stam_const_beta", "adamw", "lion", "adams")
+# The β₁ signal (stam_optimizer.beta1_signal) of each STAM-family entry that does
+# not use the default "spec".
+SIGNAL = {"stam_full_energy": "energy", "stam_lite_energy": "energy"}
 
 
 def get(name: str, learning_rate: float = 1e-3,
