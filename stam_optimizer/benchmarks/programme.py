@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer.benchmarks import files, memory, registry, runner, speed
+from stam_optimizer.benchmarks import files, memory, registry, runner, signal_streams, speed
 from stam_optimizer.benchmarks.data import DatasetMissing
 from stam_optimizer.benchmarks.task import Config, Task
 from stam_optimizer.benchmarks.tasks import QUICK_EXTRA, QUICK_OPTIMIZERS, SUITES, TASKS
@@ -260,5 +260,8 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
         memory_suite(out, size, log)
     if "timing" in suites:
         timing_suite(out, size, log)
+    if "signal" in suites:
+        names = [n for n in optimizers or () if n in signal_streams.adaptive_optimizers("full")]
+        signal_streams.run_suite(str(out / "signal.json"), size, names or None, log)
     counts["seconds"] = time.perf_counter() - t0
     return counts

@@ -8,7 +8,9 @@ of the 0.1.0 README ("high variance → lower β₁; low variance → higher β�
 β₁ drops when gradients disagree with the momentum) one property at a time.
 
 `trace` runs an optimizer over a stream with `lax.scan` inside one `jit` and
-returns β₁, and the signal's z and s, after every step.
+returns β₁, and the signal's z and s, after every step. `run_suite` is
+`stam-bench run signal`: every adaptive optimizer of the registry on every
+stream, written to `signal.json` for the report.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ STREAMS: dict[str, tuple[str, str]] = {
     "rotation": ("mean turns from m towards an independent m′ by 90° over the second half "
                  "(noise std 0.1)", "falls"),
     "heavy_tails": ("Gaussian noise → Student-t (3 dof) noise of the same std 1", "constant"),
-    "one_sign": ("mean m → |m|: every entry's mean has one sign (noise std 1)", "constant"),
+    "one_sign": ("mean m → abs(m): every entry's mean has one sign (noise std 1)", "constant"),
     "warmup": ("gradient scale grows ×10 (geometric) over the second half", "constant"),
     "decay": ("gradient scale shrinks ÷10 (geometric) over the second half", "constant"),
 }
@@ -126,3 +128,104 @@ def response(beta1: np.ndarray, change: int, window: int) -> dict[str, float]:
     i = int(np.argmax(np.abs(seg))) if seg.size else 0
     return {"before": before, "after": float(beta1[min(change + window, len(beta1) - 1)]),
             "delta": float(seg[i]) if seg.size else 0.0, "steps": i}
+
+
+# --- the signal suite ------------------------------------------------------------------
+
+# Per size: steps, tensor sizes, response window (steps after the change).
+SIZES = {"tiny": (240, (64,), 60), "quick": (3000, (4096,), 200),
+         "full": (3000, (64, 4096, 65536), 200)}
+QUICK_SET = ("stam_full", "stam_full_energy", "stam_lite", "stam_lite_energy")
+CONSTANT_BETA1 = ("stam_fixed", "stam_const_beta")  # registry entries with α = 0
+GRADUAL = ("rotation", "warmup", "decay")  # judged over the whole second half
+TOLERANCE = 0.01  # a move of β₁ smaller than this counts as "no change"
+SEED = 0
+START = 100  # the stationary stream is judged from this step on
+
+
+def adaptive_optimizers(size: str) -> list[str]:
+    """Registry optimizers with an adaptive β₁ that the suite traces at `size`."""
+    from stam_optimizer.benchmarks import registry, runner
+
+    names = [n for n in registry.OPTIMIZERS if n not in CONSTANT_BETA1 and runner.has_beta1(n)]
+    return names if size == "full" else [n for n in names if n in QUICK_SET]
+
+
+def response_window(stream: str, steps: int, window: int) -> tuple[int, int]:
+    """(first step, number of steps) over which a stream's response is read.
+
+    Abrupt changes: `window` steps from the change. Gradual ones (rotation,
+    warmup, decay): the whole second half. The stationary stream has no change:
+    its response is the drift of β₁ from step `START` to the end, after the
+    first steps in which every running average fills up.
+    """
+    change = steps // 2
+    if stream == "stationary":
+        start = min(START, change)
+        return start, steps - start - 1
+    return change, steps - change - 1 if stream in GRADUAL else window
+
+
+def judge(promise: str, delta: float, tol: float = TOLERANCE) -> str:
+    """"yes" if a response of `delta` matches `promise`, else "no (...)"."""
+    if promise == "constant":
+        return "yes" if abs(delta) < tol else "no"
+    sign = -1 if promise == "falls" else 1
+    if sign * delta >= tol:
+        return "yes"
+    return "no (opposite)" if sign * delta <= -tol else "no (too small)"
+
+
+def _kept_steps(steps: int, change: int) -> np.ndarray:
+    """Steps stored in the record: the first 100, the change and 200 after, every 10th."""
+    keep = set(range(min(100, steps))) | set(range(max(change - 5, 0), min(change + 201, steps)))
+    keep |= set(range(0, steps, 10)) | {steps - 1}
+    return np.array(sorted(keep))
+
+
+def _round(a: np.ndarray) -> list:
+    return [None if not np.isfinite(v) else float(f"{v:.6g}") for v in np.asarray(a, float)]
+
+
+def run_suite(out_path: str, size: str, optimizers: list[str] | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Traces β₁, z and s of every adaptive registry optimizer through every stream.
+
+    Writes `signal.json` (see docs/benchmark_format.md) atomically and returns it.
+    """
+    from stam_optimizer.benchmarks import registry, speed
+    from stam_optimizer.benchmarks.files import write_json
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    steps, sizes, window = SIZES[size]
+    change = steps // 2
+    names = [n for n in (optimizers or adaptive_optimizers(size)) if n not in CONSTANT_BETA1]
+    kept = _kept_steps(steps, change)
+    runs = []
+    for n in sizes:
+        streams = {s: make_stream(s, n, steps, SEED) for s in STREAMS}
+        for name in names:
+            signal = registry.SIGNAL.get(name, "spec")
+            run = tracer(registry.get(name, 1e-3), signal)
+            for stream, grads in streams.items():
+                beta1, z, s = (np.asarray(x) for x in jax.device_get(run(jnp.asarray(grads))))
+                promise = STREAMS[stream][1]
+                start, w = response_window(stream, steps, window)
+                r = response(beta1, start, w)
+                r |= {"start": start, "window": w, "promise": promise,
+                      "matches": judge(promise, r["delta"])}
+                if stream == "stationary":
+                    r["levels"] = {str(t): float(beta1[t]) for t in (10, 100, 1000, steps - 1)
+                                   if t < steps}
+                runs.append({"optimizer": name, "signal": signal, "n": n, "stream": stream,
+                             "response": r, "beta1": _round(beta1[kept]), "z": _round(z[kept]),
+                             "s": _round(s[kept])})
+            log(f"signal: {name} on {len(streams)} streams, n={n}")
+    rec = {"schema": 1, "kind": "signal", "size": size, "steps": steps, "change": change,
+           "sizes": list(sizes), "seed": SEED, "tolerance": TOLERANCE,
+           "streams": {k: {"description": d, "promise": p} for k, (d, p) in STREAMS.items()},
+           "promise_words": PROMISE_WORDS, "eval_steps": kept.tolist(), "runs": runs,
+           "environment": speed.environment()}
+    write_json(out_path, rec)
+    return rec

@@ -3,7 +3,7 @@
 A suite is a list of task names; the optimizers it runs default to the whole
 registry (`stam-bench full`) or `QUICK_OPTIMIZERS` plus `QUICK_EXTRA`
 (`stam-bench quick`), unless the suite names its own (the ablation). Special
-suites without tasks (smoke, memory, timing) and the lr x weight-decay sweep are
+suites without tasks (smoke, memory, timing, signal) and the lr x weight-decay sweep are
 run by `stam_optimizer.benchmarks.programme`.
 
 Targets (for steps-to-target) and minimum effect sizes were fixed from a pilot
@@ -82,4 +82,6 @@ SUITES: dict[str, Suite] = {
                      "cifar10_mlp", "cifar10_cnn")),
     "memory": Suite("optimizer-state bytes per parameter and compiled step memory"),
     "timing": Suite("update and train-step timing (stam-bench speed)"),
+    "signal": Suite("what beta1 responds to: controlled gradient streams (noise up/down, "
+                    "sign flip, rotation, heavy tails, one sign, warmup, decay)"),
 }
