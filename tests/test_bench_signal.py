@@ -1,0 +1,71 @@
+"""The signal suite (stam-bench run signal) and its report section, at tiny size."""
+
+import json
+
+import numpy as np
+import pytest
+
+from stam_optimizer.benchmarks import programme, report, signal_report
+from stam_optimizer.benchmarks import signal_streams as ss
+from stam_optimizer.benchmarks.tasks import SUITES
+
+
+def test_streams_are_seeded_and_change_at_half():
+    a, b = ss.make_stream("noise_up", 8, 40, seed=3), ss.make_stream("noise_up", 8, 40, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.float32 and a.shape == (40, 8)
+    flip = ss.make_stream("sign_flip", 16, 40)
+    assert np.corrcoef(flip[19], flip[20])[0, 1] < -0.9  # the mean flips at step 20
+    warm = ss.make_stream("warmup", 16, 40)
+    assert np.abs(warm[-1]).mean() > 5 * np.abs(warm[19]).mean()
+    with pytest.raises(ValueError, match="unknown stream 'nope'"):
+        ss.make_stream("nope", 4, 10)
+
+
+def test_response_reads_the_extreme_within_the_window():
+    beta1 = np.array([0.8, 0.8, 0.8, 0.75, 0.7, 0.78, 0.8])
+    assert ss.response(beta1, 3, 3) == pytest.approx(
+        {"before": 0.8, "after": 0.8, "delta": -0.1, "steps": 1})
+    assert ss.judge("falls", -0.1) == "yes" and ss.judge("rises", -0.1) == "no (opposite)"
+    assert ss.judge("constant", 0.005) == "yes" and ss.judge("falls", -0.001) == "no (too small)"
+
+
+def test_signal_suite_is_in_quick_and_full():
+    assert "signal" in SUITES and not SUITES["signal"].tasks
+    assert set(ss.adaptive_optimizers("full")) >= {"stam_full", "stam_full_energy", "stam_lite",
+                                                   "stam_lite_energy", "stam_lite_int8"}
+    assert not set(ss.adaptive_optimizers("full")) & set(ss.CONSTANT_BETA1)
+
+
+def test_signal_suite_writes_data_and_the_report_derives_its_section(tmp_path):
+    counts = programme.run_programme(["signal"], "tiny", tmp_path, log=lambda m: None,
+                                     optimizers=["stam_full", "stam_lite_energy", "adamw"])
+    assert counts["failed"] == 0
+    data = json.loads((tmp_path / "signal.json").read_text())
+    steps, sizes, _ = ss.SIZES["tiny"]
+    assert data["kind"] == "signal" and data["steps"] == steps and data["sizes"] == list(sizes)
+    assert {(r["optimizer"], r["signal"]) for r in data["runs"]} == {
+        ("stam_full", "spec"), ("stam_lite_energy", "energy")}
+    assert {r["stream"] for r in data["runs"]} == set(ss.STREAMS)
+    run = next(r for r in data["runs"] if r["optimizer"] == "stam_lite_energy"
+               and r["stream"] == "noise_up")
+    assert len(run["beta1"]) == len(data["eval_steps"]) == len(run["z"])
+    assert run["response"]["delta"] < -0.02 and run["response"]["matches"] == "yes"
+
+    lines = signal_report.signal_section(tmp_path, tmp_path, data)
+    text = "\n".join(lines)
+    assert "0.1.0 promise" in text and "`stam_lite_energy`" in text
+    for stream in ss.STREAMS:
+        assert (tmp_path / f"signal_{stream}.png").stat().st_size > 0
+        assert f"signal_{stream}.png" in text
+    # the table is the data: the cell for this run shows its before value and change
+    r = run["response"]
+    assert f"{r['before']:.3f} → {r['before'] + r['delta']:.3f} ({r['delta']:+.3f}" in text
+
+    (tmp_path / "runs").mkdir()
+    md = report.build_report(tmp_path).read_text()
+    assert "## β₁ signal: what the adaptation responds to" in md
+
+
+def test_report_says_not_run_without_signal_json(tmp_path):
+    assert "not run" in "\n".join(signal_report.signal_section(tmp_path, tmp_path, None))
