@@ -69,3 +69,51 @@ def test_signal_suite_writes_data_and_the_report_derives_its_section(tmp_path):
 
 def test_report_says_not_run_without_signal_json(tmp_path):
     assert "not run" in "\n".join(signal_report.signal_section(tmp_path, tmp_path, None))
+
+
+def test_registry_builds_a_constant_beta1_stam():
+    from stam_optimizer.benchmarks import registry
+    tx = registry.get("stam_const_beta=0.83", 1e-3)
+    params = {"w": np.ones(3, np.float32)}
+    state = tx.init(params)
+    _, state = tx.update({"w": np.ones(3, np.float32)}, state, params)
+    np.testing.assert_allclose(np.asarray(state[0].beta1), 0.83, rtol=1e-6)
+    for bad in ("stam_const_beta=1.5", "stam_const_beta=x"):
+        with pytest.raises(ValueError, match="must be a number in"):
+            registry.get(bad)
+
+
+def test_ablation_runs_stam_const_mean_after_stam_full(tmp_path, monkeypatch):
+    from stam_optimizer.benchmarks import claims, runner
+    from stam_optimizer.benchmarks.tasks import Suite
+
+    suites = dict(SUITES)
+    suites["ablation"] = Suite("test", ("linear_regression",),
+                               optimizers=("stam_const_mean", "stam_full_energy", "adamw"))
+    monkeypatch.setattr(programme, "SUITES", suites)
+    jobs = programme.plan(["ablation"], "tiny")
+    # the source run is planned even though the suite does not name it, before its user
+    assert [j.optimizer for j in jobs] == ["stam_full", "stam_const_mean", "stam_full_energy",
+                                           "adamw"]
+    counts = programme.run_programme(["ablation"], "tiny", tmp_path, log=lambda m: None)
+    assert counts["failed"] == 0 and counts["done"] == 4
+    runs = tmp_path / "runs" / "linear_regression"
+    full = json.loads((runs / "stam_full.json").read_text())
+    const = json.loads((runs / "stam_const_mean.json").read_text())
+    value = float(f"{runner.mean_beta1(full):.4f}")
+    assert const["optimizer"] == "stam_const_mean"
+    assert const["constant_beta1"] == {"value": value, "from": "stam_full",
+                                       "registry_name": f"stam_const_beta={value}"}
+    assert 0.72 <= value <= 0.9
+    b1 = [v for vs in const["beta1"]["layers"].values() for v in vs]
+    np.testing.assert_allclose(b1, value, rtol=1e-6)  # β₁ really was that constant
+    again = programme.run_programme(["ablation"], "tiny", tmp_path, log=lambda m: None)
+    assert again["done"] == 0 and again["skipped"] == 4
+
+    text = "\n".join(claims.ablation_section(report.group(report.load_runs(tmp_path)),
+                                             "adamw"))
+    assert "### The β₁ signal" in text
+    assert f"| linear_regression | {value:.4g} |" in text
+    for a, b in (("stam_full_energy", "stam_full"), ("stam_full_energy", "stam_const_mean"),
+                 ("stam_full_energy", "adamw"), ("stam_full", "stam_const_mean")):
+        assert f"| linear_regression | `{a}` " in text and f"| `{b}` " in text

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
-
 from stam_optimizer.benchmarks import plots
 from stam_optimizer.benchmarks.claims import _table
 
@@ -85,10 +83,3 @@ def signal_section(results_dir: Path, out_dir: Path, data: dict | None) -> list[
         if path is not None:
             lines += [f"![signal {stream}]({path.name})", ""]
     return lines
-
-
-def mean_beta1(run: dict) -> float:
-    """Mean over layers and evaluations of the β₁ a training run recorded (nan if none)."""
-    layers = (run.get("beta1") or {}).get("layers") or {}
-    values = [v for vs in layers.values() for v in vs[1:] if v is not None]
-    return float(np.mean(values)) if values else math.nan
