@@ -311,6 +311,9 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
         timing_suite(out, size, log)
     if "signal" in suites:
         names = [n for n in optimizers or () if n in signal_streams.adaptive_optimizers("full")]
-        signal_streams.run_suite(str(out / "signal.json"), size, names or None, log)
+        if optimizers and not names:
+            log("signal: none of the chosen optimizers has an adaptive beta1; skipped")
+        else:
+            signal_streams.run_suite(str(out / "signal.json"), size, names or None, log)
     counts["seconds"] = time.perf_counter() - t0
     return counts
