@@ -36,8 +36,9 @@ class ScaleByStamState(NamedTuple):
       tau: τ, running mean absolute residual, one per tensor.
       beta1: β₁ used at the last step, one per tensor (read it with `tree_beta1`).
       beta1_prod: Π, running product of the β₁ actually used, one per tensor.
-      res_energy: P, EMA of mean(r²) (`signal="energy"`; stays 0 under "spec").
-      grad_energy: Q, EMA of mean(g²) (`signal="energy"`; stays 0 under "spec").
+      res_energy: P, EMA of mean(r²), one per tensor under `signal="energy"`;
+        an empty vector under "spec" (so the SPEC state's size is unchanged).
+      grad_energy: Q, EMA of mean(g²); like `res_energy`.
     """
 
     count: jax.Array
@@ -137,6 +138,7 @@ def scale_by_stam(
     def init_fn(params):
         leaves = jax.tree.leaves(params)
         n, dt = len(leaves), c.stat_dtype(leaves)
+        n_energy = n if energy else 0
         return ScaleByStamState(
             count=jnp.zeros([], jnp.int32),
             mu=c.zeros_like_tree(params, mu_dtype),
@@ -145,8 +147,8 @@ def scale_by_stam(
             tau=c.vector(n, 0.0, dt, leaves),
             beta1=c.vector(n, b1_base, dt, leaves),
             beta1_prod=c.vector(n, 1.0, dt, leaves),
-            res_energy=c.vector(n, 0.0, dt, leaves),
-            grad_energy=c.vector(n, 0.0, dt, leaves),
+            res_energy=c.vector(n_energy, 0.0, dt, leaves),
+            grad_energy=c.vector(n_energy, 0.0, dt, leaves),
         )
 
     def update_fn(updates, state, params=None):
@@ -167,6 +169,8 @@ def scale_by_stam(
                 res_energy, grad_energy, sum_r2 / size, sum_2 / size, tau_decay, b1_base,
                 alpha, b1_min)
             beta1 = beta1.astype(dt)
+            res_energy = c.keep_where_empty(nonempty, res_energy, state.res_energy)
+            grad_energy = c.keep_where_empty(nonempty, grad_energy, state.grad_energy)
         else:  # the scalar rules of SPEC.md, for all tensors at once (leaf order)
             sigma2 = b2 * state.sigma2 + (1 - b2) * sum_r2 / size
             tau = tau_decay * state.tau + (1 - tau_decay) * sum_2 / size
@@ -177,11 +181,10 @@ def scale_by_stam(
                 sigma2 >= fallback_threshold * (tau**2 + c.TAU_EPS))
             beta1 = jnp.where(fallback | ~jnp.isfinite(beta1), b1_base, beta1).astype(dt)
         prod = state.beta1_prod * beta1
-        sigma2, tau, beta1, prod, res_energy, grad_energy = (
+        sigma2, tau, beta1, prod = (
             c.keep_where_empty(nonempty, new, old) for new, old in
             ((sigma2, state.sigma2), (tau, state.tau), (beta1, state.beta1),
-             (prod, state.beta1_prod), (res_energy, state.res_energy),
-             (grad_energy, state.grad_energy)))
+             (prod, state.beta1_prod)))
         nu_bias = c.one_minus_pow(b2, t + 1, dt)
 
         # 1/(1−Π) per tensor: a scalar divide inside the loop would become a

@@ -37,7 +37,8 @@ class ScaleByStamLiteState(NamedTuple):
       b: EMA of mean(g²), one per tensor.
       beta1: current β₁ (the one used at the last step), one per tensor.
       beta1_prod: Π, running product of the β₁ actually used, one per tensor.
-      res_energy: P, EMA of mean((g − μ)²) (`signal="energy"`; stays 0 under "spec").
+      res_energy: P, EMA of mean((g − μ)²), one per tensor under `signal="energy"`;
+        an empty vector under "spec" (so the SPEC state's size is unchanged).
     """
 
     count: jax.Array
@@ -221,7 +222,7 @@ def scale_by_stam_lite(
             b=c.vector(n, 0.0, dt, leaves),
             beta1=c.vector(n, b1_base, dt, leaves),
             beta1_prod=c.vector(n, 1.0, dt, leaves),
-            res_energy=c.vector(n, 0.0, dt, leaves),
+            res_energy=c.vector(n if energy else 0, 0.0, dt, leaves),
         )
 
     def update_fn(updates, state, params=None):
@@ -246,6 +247,7 @@ def scale_by_stam_lite(
         if energy:  # beta1_signal: z = P / b, s = min(z, 1)
             res_energy, cand = sig.energy_lite(res_energy, b, sum_r2 / size, rho, b1_base,
                                                alpha, b1_min)
+            res_energy = c.keep_where_empty(nonempty, res_energy, state.res_energy)
         else:
             var = jnp.maximum(b_hat - a_hat**2, 0)
             z = var / (b_hat + eps)
@@ -255,10 +257,9 @@ def scale_by_stam_lite(
         refresh = t % jnp.asarray(k, jnp.int32) == 0  # lazy β₁: every k steps
         beta1 = jnp.where(refresh, cand, state.beta1).astype(dt)
         prod = state.beta1_prod * beta1
-        a, b, beta1, prod, res_energy = (
+        a, b, beta1, prod = (
             c.keep_where_empty(nonempty, new, old) for new, old in
-            ((a, state.a), (b, state.b), (beta1, state.beta1), (prod, state.beta1_prod),
-             (res_energy, state.res_energy)))
+            ((a, state.a), (b, state.b), (beta1, state.beta1), (prod, state.beta1_prod)))
         rms = jnp.sqrt(jnp.maximum(b_hat, 0)) + eps
 
         step_key = jax.random.fold_in(jax.random.PRNGKey(seed), t) if stochastic_rounding \

@@ -132,28 +132,17 @@ def simulate(rule, k: int, grads: np.ndarray) -> np.ndarray:
     return np.asarray(jax.device_get(run(jnp.asarray(grads)))[0])
 
 
-GRADUAL = ("rotation", "warmup", "decay")
-
-
-def judge(promise: str, delta: float, tol: float = 0.01) -> str:
-    if promise == "constant":
-        return "yes" if abs(delta) < tol else "no"
-    sign = -1 if promise == "falls" else 1
-    return "yes" if sign * delta >= tol else ("no (opposite)" if sign * delta <= -tol
-                                              else "no (< 0.01)")
-
-
 def measure(n: int, steps: int, window: int) -> dict:
     c = steps // 2
     out = {"n": n, "steps": steps, "change": c, "window": window, "candidates": {}}
     for name, (rule, k, desc) in CANDIDATES.items():
         rows = {}
         for stream, (_, promise) in ss.STREAMS.items():
-            b = simulate(rule, k, ss.make_stream(stream, n, steps))
-            w = steps - c - 1 if stream in GRADUAL else window
-            r = ss.response(b, c, w)
+            b = simulate(rule, k, ss.make_stream(stream, n, steps, ss.SEED))
+            start, w = ss.response_window(stream, steps, window)
+            r = ss.response(b, start, w)
             r["promise"] = promise
-            r["matches"] = judge(promise, r["delta"])
+            r["matches"] = ss.judge(promise, r["delta"])
             if stream == "stationary":
                 r["levels"] = {str(t): float(b[t]) for t in (10, 100, 1000, steps - 1)}
             rows[stream] = r
@@ -163,7 +152,8 @@ def measure(n: int, steps: int, window: int) -> dict:
 
 def table(res: dict) -> str:
     lines = [f"n = {res['n']}, {res['steps']} steps, change at {res['change']}; window "
-             f"{res['window']} steps (rotation, warmup, decay: the whole second half). "
+             f"{res['window']} steps (rotation, warmup, decay: the whole second half; "
+             f"stationary: step {ss.START} to the end, with β₁ at steps 10/100/1000). "
              "Cell: β₁ before → extreme (signed change, steps after the change); ✓ if the "
              "direction matches the 0.1.0 description.", "",
              "| candidate | " + " | ".join(ss.STREAMS) + " | matches |",
@@ -176,7 +166,8 @@ def table(res: dict) -> str:
             ok += r["matches"] == "yes"
             if stream == "stationary":
                 lv = r["levels"]
-                cells.append(f"{lv['10']:.3f}/{lv['100']:.3f}/{lv['1000']:.3f} {mark}")
+                cells.append(f"{lv['10']:.3f}/{lv['100']:.3f}/{lv['1000']:.3f} "
+                             f"({r['delta']:+.3f}) {mark}")
             else:
                 cells.append(f"{r['before']:.3f}→{r['before'] + r['delta']:.3f} "
                              f"({r['delta']:+.3f}, {r['steps']}) {mark}")
