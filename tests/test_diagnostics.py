@@ -133,8 +133,8 @@ def test_nonfinite_steps_are_counted_per_tensor(name):
     assert {k: int(v) for k, v in counts.items()} == expected
     assert expected["empty"] == 0 and expected["dense"] == 3  # the stream's own check
     inner = _counted_state(state)
-    # the new field is last, one int32 per tensor, whatever the arguments
-    assert inner._fields[-1] == "nonfinite"
+    # one int32 per tensor, whatever the arguments
+    assert "nonfinite" in inner._fields
     assert inner.nonfinite.dtype == jnp.int32
     assert inner.nonfinite.shape == (len(jax.tree.leaves(params)),)
 
