@@ -11,7 +11,7 @@ Optax-native (updates are added to params)::
 """
 
 from stam_optimizer.adams import ScaleByAdamsState, adams, scale_by_adams
-from stam_optimizer.diagnostics import find_states, tree_beta1
+from stam_optimizer.diagnostics import find_states, tree_beta1, tree_nonfinite
 from stam_optimizer.legacy import STAM, STAMLite
 from stam_optimizer.stam import ScaleByStamState, scale_by_stam, stam
 from stam_optimizer.stam_lite import ScaleByStamLiteState, scale_by_stam_lite, stam_lite
@@ -32,4 +32,5 @@ __all__ = [
     "stam",
     "stam_lite",
     "tree_beta1",
+    "tree_nonfinite",
 ]

@@ -15,6 +15,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from stam_optimizer._validation import (  # noqa: F401 (the check_* helpers live there)
+    as_arrays,
+    check_b1_min,
+    check_bool,
+    check_interval_int,
+    check_learning_rate,
+    check_mask,
+    check_number,
+    check_range,
+    check_unit_open,
+    check_weight_decay,
+    concrete_float,
+    grad_leaves,
+    resolve_dtype,
+)
+
 # Added to τ² in STAM's variance ratio (SPEC: `τ² + 1e-8`); not a user knob.
 TAU_EPS = 1e-8
 
@@ -34,85 +50,9 @@ SANITIZE_CHUNK = 1 << 16
 FLOAT_STATE_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def concrete_float(value: Any) -> float | None:
-    """Returns `value` as a Python float, or None when it is traced or a schedule.
-
-    `optax.inject_hyperparams` calls the optimizer factory again inside every
-    update with traced hyperparameters; validation must then stand aside.
-    """
-    if callable(value):
-        return None
-    try:
-        return float(value)
-    except (jax.errors.ConcretizationTypeError, TypeError):
-        return None
-
-
-def check_range(
-        name: str,
-        value: Any,
-        low: float,
-        high: float = float("inf"),
-        *,
-        low_open: bool = False,
-        high_open: bool = True,
-) -> None:
-    """Raises ValueError naming `name` when a concrete `value` lies outside the range."""
-    v = concrete_float(value)
-    if v is None:
-        return
-    above = v > low if low_open else v >= low
-    below = v < high if high_open else v <= high
-    if not (above and below):  # also catches NaN
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        raise ValueError(
-                f"{name} must be in {left}{low:g}, {high:g}{right}, got {value!r}"
-        )
-
-
-def check_unit_open(name: str, value: Any) -> None:
-    """Raises ValueError unless `value` lies in the open interval (0, 1)."""
-    check_range(name, value, 0.0, 1.0, low_open=True, high_open=True)
-
-
-def check_interval_int(name: str, value: Any) -> None:
-    """Raises ValueError unless a concrete `value` is an integer ≥ 1."""
-    v = concrete_float(value)
-    if v is None:
-        return
-    if v < 1 or v != int(v):
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def resolve_dtype(name: str, value: Any, allowed: tuple[str, ...]) -> jnp.dtype | None:
-    """Turns a dtype given as a string, numpy/jax dtype or scalar type into `jnp.dtype`."""
-    if value is None:
-        return None
-    try:
-        dtype = jnp.dtype(value)
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.name not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    return dtype
-
-
 def default_b1_min(b1_base: Any, adapt_strength: Any) -> Any:
     """SPEC default: `min(b1_base, max(0.5, b1_base·(1−α)))`; works on traced values."""
     return jnp.minimum(b1_base, jnp.maximum(0.5, b1_base * (1.0 - adapt_strength)))
-
-
-def check_b1_min(b1_min: Any, b1_base: Any) -> None:
-    """Raises ValueError unless 0 < b1_min ≤ b1_base (when both are concrete)."""
-    lo, hi = concrete_float(b1_min), concrete_float(b1_base)
-    if lo is None:
-        return
-    if not lo > 0.0 or (hi is not None and lo > hi):
-        raise ValueError(
-                f"b1_min must be in (0, b1_base] = (0, {hi if hi is not None else 'b1_base'}],"
-                f" got {b1_min!r}"
-        )
 
 
 def stat_dtype(leaves: list[jax.Array]) -> jnp.dtype:
@@ -147,8 +87,9 @@ def tensor_sums(
     `lax.cond` recomputes all sums from sanitised gradients only when some sum
     comes out non-finite, which any NaN/±Inf gradient entry guarantees.
 
-    Returns the sum vectors (0 for empty leaves) and the leaves passed through a
-    barrier, for the elementwise update to read.
+    Returns the sum vectors (0 for empty leaves), the leaves passed through a
+    barrier, for the elementwise update to read, and a boolean vector flagging
+    the tensors whose raw sums were not all finite (see `count_flagged`).
     """
     n = len(gs)
     args = [[gs[i], *(o[i] for o in others)] for i in range(n)]
@@ -226,10 +167,11 @@ def tensor_sums(
         return tuple(totals)
 
     fast = fast_sums()
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in fast]))
-    totals = jax.lax.cond(finite, lambda: fast, sanitized_sums)
+    flagged = functools.reduce(jnp.logical_or, [~jnp.isfinite(v) for v in fast])
+    totals = jax.lax.cond(~jnp.any(flagged), lambda: fast, sanitized_sums)
     args, totals = jax.lax.optimization_barrier((args, totals))
-    return totals, [a[0] for a in args], [[a[k + 1] for a in args] for k in range(len(others))]
+    return (totals, [a[0] for a in args], [[a[k + 1] for a in args] for k in range(len(others))],
+            flagged)
 
 
 def store(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -334,6 +276,7 @@ def with_decay_and_lr(
     `θ ← θ − lr·(u + λ·θ)`, written as optax updates that are added to params.
     A weight decay that is exactly 0 is left out, so that `params` is optional.
     """
+    check_mask(mask)
     wd = concrete_float(weight_decay)
     parts = [direction]
     if wd is None or wd != 0.0:
@@ -366,11 +309,19 @@ def one_minus_pow(decay: Any, count: jax.Array, dtype: jnp.dtype) -> jax.Array:
     return -jnp.expm1(count.astype(dtype) * jnp.log1p(-one_minus))
 
 
-def check_learning_rate(learning_rate: Any) -> None:
-    """Raises ValueError for a negative (or NaN) constant learning rate."""
-    check_range("learning_rate", learning_rate, 0.0)
+def nonfinite_sums(gs: list[jax.Array]) -> jax.Array:
+    """Per tensor, whether `sum(g)` (in float32 or wider) is not finite.
+
+    Any NaN or ±Inf entry makes it so (NaN, or +Inf and −Inf, give NaN), and
+    so does a sum of finite entries beyond the float32 range (about 3.4e38).
+    One fused reduction per tensor and no temporary: a reduction of
+    `isfinite(g)` is written out as a bool array first on XLA:CPU.
+    """
+    return stack([~jnp.isfinite(jnp.sum(g.astype(jnp.promote_types(g.dtype, jnp.float32))))
+                  for g in gs], jnp.bool_)
 
 
-def check_weight_decay(weight_decay: Any) -> None:
-    """Raises ValueError for a negative (or NaN) constant weight decay."""
-    check_range("weight_decay", weight_decay, 0.0)
+def count_flagged(count: jax.Array, flagged: jax.Array) -> jax.Array:
+    """`count + 1` where `flagged` (int32, saturating like `optax.safe_increment`)."""
+    big = jnp.iinfo(jnp.int32).max
+    return jnp.where(flagged & (count < big), count + 1, count).astype(jnp.int32)

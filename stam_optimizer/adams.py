@@ -21,9 +21,17 @@ class ScaleByAdamsState(NamedTuple):
 
     Attributes:
       m: momentum, param-shaped.
+      nonfinite: int32, one per tensor in the leaf order of
+        `jax.tree.leaves(params)`: the number of steps so far at which the
+        tensor's gradient had a NaN or ±Inf entry (those entries were used as
+        0). It is read off `sum(g)` (one more read of g per step), so a step
+        also counts when every entry is finite but the sum overflows the
+        statistics dtype (beyond about 3.4e38 in float32). Saturates at
+        2³¹−1. Read it with `tree_nonfinite`.
     """
 
     m: optax.Updates
+    nonfinite: jax.Array
 
 
 def scale_by_adams(
@@ -61,7 +69,10 @@ def scale_by_adams(
     mu_dtype = c.resolve_dtype("mu_dtype", mu_dtype, c.FLOAT_STATE_DTYPES)
 
     def init_fn(params):
-        return ScaleByAdamsState(m=c.zeros_like_tree(params, mu_dtype))
+        params = c.as_arrays(params)
+        leaves = jax.tree.leaves(params)
+        return ScaleByAdamsState(m=c.zeros_like_tree(params, mu_dtype),
+                                 nonfinite=c.vector(len(leaves), 0, jnp.int32, leaves))
 
     def leaf_update(g, m_prev):
         dt = jnp.promote_types(g.dtype, jnp.float32)
@@ -81,10 +92,11 @@ def scale_by_adams(
 
     def update_fn(updates, state, params=None):
         del params
-        treedef = jax.tree.structure(updates)
-        us, (ms,) = c.map_leaves(leaf_update, treedef.flatten_up_to(updates),
-                                 [treedef.flatten_up_to(state.m)], ())
-        return treedef.unflatten(us), ScaleByAdamsState(m=treedef.unflatten(ms))
+        treedef, gs = c.grad_leaves(updates, state.m)
+        flagged = c.nonfinite_sums(gs)
+        us, (ms,) = c.map_leaves(leaf_update, gs, [treedef.flatten_up_to(state.m)], ())
+        return treedef.unflatten(us), ScaleByAdamsState(
+            m=treedef.unflatten(ms), nonfinite=c.count_flagged(state.nonfinite, flagged))
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -2,8 +2,12 @@
 
 Implements the STAM section of docs/math.md. For every tensor (leaf) the residual of
 the gradient against the old momentum is summarised by two running scalars: a
-variance proxy σ² and a scale τ. Their ratio maps to a score s ∈ [0, 1) that
-lowers β₁ when gradients disagree with the momentum.
+variance proxy σ² and a scale τ. Their ratio σ²/τ² maps to a score s ∈ [0, 1)
+that lowers β₁. The ratio measures the *shape* of the residual's distribution
+(≈ π/2 for Gaussian residuals, more for heavy tails), not its size: with the
+SPEC signal more noise first raises β₁ and less noise lowers it (measured in
+docs/signal.md). `signal="energy"` selects a signal that lowers β₁ when the
+residual carries more of the gradient's energy (see `beta1_signal`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from stam_optimizer import _common as c
+from stam_optimizer import beta1_signal as sig
 
 
 class ScaleByStamState(NamedTuple):
@@ -31,6 +36,16 @@ class ScaleByStamState(NamedTuple):
       tau: τ, running mean absolute residual, one per tensor.
       beta1: β₁ used at the last step, one per tensor (read it with `tree_beta1`).
       beta1_prod: Π, running product of the β₁ actually used, one per tensor.
+      nonfinite: int32, one per tensor: the number of steps so far at which the
+        tensor's gradient had a NaN or ±Inf entry (those entries were used as 0).
+        It is read off the residual sums `sum((g−μ)²)`, `sum(|g−μ|)` (no extra
+        pass), so a step also counts when every entry is finite but a sum
+        overflows the statistics dtype (in float32: an entry with |g−μ| above
+        about 1.8e19, whose square is inf, or sums beyond about 3.4e38).
+        Saturates at 2³¹−1. Read it with `tree_nonfinite`.
+      res_energy: P, EMA of mean(r²), one per tensor under `signal="energy"`;
+        an empty vector under "spec" (so the SPEC state's size is unchanged).
+      grad_energy: Q, EMA of mean(g²); like `res_energy`.
     """
 
     count: jax.Array
@@ -40,6 +55,9 @@ class ScaleByStamState(NamedTuple):
     tau: jax.Array
     beta1: jax.Array
     beta1_prod: jax.Array
+    nonfinite: jax.Array
+    res_energy: jax.Array
+    grad_energy: jax.Array
 
 
 def _validate(b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold, b1_min):
@@ -62,6 +80,7 @@ def scale_by_stam(
     fallback_threshold: float = 100.0,
     b1_min: float | None = None,
     mu_dtype: Any | None = None,
+    signal: str = "spec",
 ) -> optax.GradientTransformation:
     r"""Rescales updates by STAM's direction `u = μ̂ / (√ν̂ + eps)`.
 
@@ -79,6 +98,18 @@ def scale_by_stam(
 
     With `adapt_strength=0` this is exactly `optax.scale_by_adam(b1_base, b2, eps)`.
 
+    The β₁ lines above are the default `signal="spec"`. With `signal="energy"`
+    they become (σ², τ and `fallback_threshold` are then unused)::
+
+      P  = tau_decay·P + (1−tau_decay)·mean(r²)
+      Q  = tau_decay·Q + (1−tau_decay)·mean(g²)
+      z  = P / max(Q, tiny);   s = min(z, 1)
+      β₁ = clip(b1_base·(1 − α·s), b1_min, b1_base)   (b1_base if z is not finite)
+
+    z is the share of the gradient's energy the momentum does not predict, so
+    β₁ falls with more noise, rises with less, and falls while the gradients
+    disagree with the momentum (see `beta1_signal` and docs/signal.md).
+
     Args:
       b1_base: base (and largest) β₁, in (0, 1). Default 0.9.
       b2: decay of ν and σ², in (0, 1). Default 0.999.
@@ -91,6 +122,7 @@ def scale_by_stam(
         `min(b1_base, max(0.5, b1_base·(1−α)))`.
       mu_dtype: storage dtype of μ and ν ("float32", "bfloat16", "float16" or a
         dtype); default: each param's own dtype, as `optax.adamw`.
+      signal: the β₁ signal, "spec" (default, SPEC.md and 0.1.0) or "energy".
 
     Returns:
       An `optax.GradientTransformation` whose updates are in the gradients' dtype.
@@ -105,14 +137,17 @@ def scale_by_stam(
       Regularization" (2019) for the AdamW part.
     """
     _validate(b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold, b1_min)
+    energy = sig.check_signal(signal) == "energy"
     mu_dtype = c.resolve_dtype("mu_dtype", mu_dtype, c.FLOAT_STATE_DTYPES)
     alpha = adapt_strength
     if b1_min is None:
         b1_min = c.default_b1_min(b1_base, alpha)
 
     def init_fn(params):
+        params = c.as_arrays(params)
         leaves = jax.tree.leaves(params)
         n, dt = len(leaves), c.stat_dtype(leaves)
+        n_energy = n if energy else 0
         return ScaleByStamState(
             count=jnp.zeros([], jnp.int32),
             mu=c.zeros_like_tree(params, mu_dtype),
@@ -121,26 +156,39 @@ def scale_by_stam(
             tau=c.vector(n, 0.0, dt, leaves),
             beta1=c.vector(n, b1_base, dt, leaves),
             beta1_prod=c.vector(n, 1.0, dt, leaves),
+            nonfinite=c.vector(n, 0, jnp.int32, leaves),
+            res_energy=c.vector(n_energy, 0.0, dt, leaves),
+            grad_energy=c.vector(n_energy, 0.0, dt, leaves),
         )
 
     def update_fn(updates, state, params=None):
         del params
-        treedef = jax.tree.structure(updates)
-        gs = treedef.flatten_up_to(updates)
+        treedef, gs = c.grad_leaves(updates, state.mu)
         mus, nus = treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
         t, dt = state.count, state.sigma2.dtype
         # Tensor statistics of r = g − μ: one fused pass per sum and tensor.
-        (sum_r2, sum_abs_r), gs_in, (mus,) = c.tensor_sums(
-            (lambda g, m: (g - m) ** 2, lambda g, m: jnp.abs(g - m)), gs, [mus], dt)
+        second = (lambda g, m: g**2) if energy else (lambda g, m: jnp.abs(g - m))
+        (sum_r2, sum_2), gs_in, (mus,), flagged = c.tensor_sums(
+            (lambda g, m: (g - m) ** 2, second), gs, [mus], dt)
         size, nonempty = c.leaf_sizes(gs, dt)
-        # The scalar rules of docs/math.md, for all tensors at once (vectors in leaf order).
-        sigma2 = b2 * state.sigma2 + (1 - b2) * sum_r2 / size
-        tau = tau_decay * state.tau + (1 - tau_decay) * sum_abs_r / size
-        z = sigma2 / (tau**2 + c.TAU_EPS)
-        s = z / (1 + z)
-        beta1 = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
-        fallback = ~jnp.isfinite(sigma2) | (sigma2 >= fallback_threshold * (tau**2 + c.TAU_EPS))
-        beta1 = jnp.where(fallback | ~jnp.isfinite(beta1), b1_base, beta1).astype(dt)
+        sigma2, tau = state.sigma2, state.tau
+        res_energy, grad_energy = state.res_energy, state.grad_energy
+        if energy:  # the energy signal (beta1_signal), all tensors at once
+            res_energy, grad_energy, beta1 = sig.energy_stam(
+                res_energy, grad_energy, sum_r2 / size, sum_2 / size, tau_decay, b1_base,
+                alpha, b1_min)
+            beta1 = beta1.astype(dt)
+            res_energy = c.keep_where_empty(nonempty, res_energy, state.res_energy)
+            grad_energy = c.keep_where_empty(nonempty, grad_energy, state.grad_energy)
+        else:  # the scalar rules of docs/math.md, for all tensors at once (leaf order)
+            sigma2 = b2 * state.sigma2 + (1 - b2) * sum_r2 / size
+            tau = tau_decay * state.tau + (1 - tau_decay) * sum_2 / size
+            z = sigma2 / (tau**2 + c.TAU_EPS)
+            s = z / (1 + z)
+            beta1 = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
+            fallback = ~jnp.isfinite(sigma2) | (
+                sigma2 >= fallback_threshold * (tau**2 + c.TAU_EPS))
+            beta1 = jnp.where(fallback | ~jnp.isfinite(beta1), b1_base, beta1).astype(dt)
         prod = state.beta1_prod * beta1
         sigma2, tau, beta1, prod = (
             c.keep_where_empty(nonempty, new, old) for new, old in
@@ -169,7 +217,9 @@ def scale_by_stam(
 
         us, (mus, nus) = c.map_leaves(leaf_update, gs_in, [mus, nus], (beta1, inv_mu_bias))
         new_state = ScaleByStamState(optax.safe_increment(t), treedef.unflatten(mus),
-                                     treedef.unflatten(nus), sigma2, tau, beta1, prod)
+                                     treedef.unflatten(nus), sigma2, tau, beta1, prod,
+                                     c.count_flagged(state.nonfinite, flagged),
+                                     res_energy, grad_energy)
         return treedef.unflatten(us), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -187,6 +237,7 @@ def stam(
     b1_min: float | None = None,
     mu_dtype: Any | None = None,
     mask: Any | None = None,
+    signal: str = "spec",
 ) -> optax.GradientTransformation:
     r"""STAM optimizer: `scale_by_stam`, decoupled weight decay, learning rate.
 
@@ -195,11 +246,11 @@ def stam(
     Args:
       learning_rate: a float ≥ 0 or an optax schedule `count -> lr`. Default 1e-3.
       b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold, b1_min,
-        mu_dtype: see `scale_by_stam`.
+        mu_dtype, signal: see `scale_by_stam` (signal: "spec" default, or "energy").
       weight_decay: λ ≥ 0 (or a schedule). Default 0.01.
       mask: pytree or callable choosing the leaves that decay (optax convention).
         Under `optax.inject_hyperparams` pass `static_args=("mask",)`, or a callable
-        mask is taken for a schedule and weight decay is silently lost.
+        mask is taken for a schedule and weight decay is lost (a UserWarning says so).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -214,6 +265,6 @@ def stam(
     c.check_weight_decay(weight_decay)
     return c.with_decay_and_lr(
         scale_by_stam(b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold,
-                      b1_min, mu_dtype),
+                      b1_min, mu_dtype, signal),
         learning_rate, weight_decay, mask,
     )

@@ -4,6 +4,12 @@ Implements the STAMLite section of docs/math.md. Per tensor, two running scalars
 means of g and g²) replace both STAM's residual statistics and Adam's
 per-element second moment: the optimizer keeps a single param-shaped buffer μ,
 which may be stored in a low-precision dtype.
+
+The SPEC signal `z = (b̂ − â²)/b̂` compares the spread of a tensor's entries with
+their mean square: it is ≈ 1 unless the entries share one sign, so β₁ stays near
+`b1_base·(1 − α/2)` whatever the gradient noise does (measured in
+docs/signal.md). `signal="energy"` selects a signal that follows the residual
+`g − μ` instead (see `beta1_signal`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from stam_optimizer import _common as c
+from stam_optimizer import beta1_signal as sig
 from stam_optimizer import quantize as qz
 
 
@@ -30,6 +37,15 @@ class ScaleByStamLiteState(NamedTuple):
       b: EMA of mean(g²), one per tensor.
       beta1: current β₁ (the one used at the last step), one per tensor.
       beta1_prod: Π, running product of the β₁ actually used, one per tensor.
+      nonfinite: int32, one per tensor: the number of steps so far at which the
+        tensor's gradient had a NaN or ±Inf entry (those entries were used as 0).
+        It is read off the sums `sum(g)`, `sum(g²)` (no extra pass), so a step
+        also counts when every entry is finite but a sum overflows the
+        statistics dtype (in float32: an entry with |g| above about 1.8e19,
+        whose square is inf, or sums beyond about 3.4e38). Saturates at
+        2³¹−1. Read it with `tree_nonfinite`.
+      res_energy: P, EMA of mean((g − μ)²), one per tensor under `signal="energy"`;
+        an empty vector under "spec" (so the SPEC state's size is unchanged).
     """
 
     count: jax.Array
@@ -38,6 +54,8 @@ class ScaleByStamLiteState(NamedTuple):
     b: jax.Array
     beta1: jax.Array
     beta1_prod: jax.Array
+    nonfinite: jax.Array
+    res_energy: jax.Array
 
 
 def _validate(b1_base, eps, adapt_strength, moment_decay, beta1_update_interval, b1_min):
@@ -107,6 +125,7 @@ def scale_by_stam_lite(
     quantize_mask: Any | None = None,
     stochastic_rounding: bool = False,
     seed: int = 0,
+    signal: str = "spec",
 ) -> optax.GradientTransformation:
     r"""Rescales updates by STAMLite's direction `u = μ̂ / (√b̂ + eps)`.
 
@@ -121,6 +140,17 @@ def scale_by_stam_lite(
       β₁ = cand  if t mod k == 0  else the previous β₁
       μ = β₁·μ + (1−β₁)·g;   Π = Π·β₁
       u = (μ / (1−Π)) / (√max(b̂, 0) + eps)
+
+    The z and s lines are the default `signal="spec"`. With `signal="energy"`
+    they become (one more running scalar per tensor, one more pass reading g
+    and μ)::
+
+      P = ρ·P + (1−ρ)·mean((g − μ)²)
+      z = P / max(b, tiny);   s = min(z, 1)      # = P̂/b̂ (same decay, same start)
+
+    and the candidate β₁ is `b1_base` where z is not finite. β₁ then falls with
+    more gradient noise, rises with less, and falls while the gradients disagree
+    with the momentum (see `beta1_signal` and docs/signal.md).
 
     Args:
       b1_base: base (and largest) β₁, in (0, 1). Default 0.9.
@@ -151,6 +181,8 @@ def scale_by_stam_lite(
         keyed from `seed` and the step count, so runs are reproducible. Use it for
         β₁ close to 1, where nearest rounding can freeze small entries of μ.
       seed: seed of the stochastic rounding.
+      signal: the β₁ signal, "spec" (default, SPEC.md and 0.1.0) or "energy"
+        (float state dtypes only: it reads μ in the statistics pass).
 
     The "int8" state keeps μ as `quantize.QuantizedArray` (square-law codes as
     uint8 plus a float32 scale per block, see `quantize`); the update decodes μ
@@ -166,8 +198,14 @@ def scale_by_stam_lite(
     _validate(b1_base, eps, adapt_strength, moment_decay, beta1_update_interval, b1_min)
     dtype = c.resolve_dtype("state_dtype", state_dtype, (*c.FLOAT_STATE_DTYPES, "int8"))
     quantized = dtype == jnp.int8
+    energy = sig.check_signal(signal) == "energy"
+    if energy and quantized:
+        raise ValueError("signal='energy' needs a float state_dtype (float32, bfloat16 or "
+                         "float16), got state_dtype='int8'")
     c.check_interval_int("block_size", block_size)
     c.check_range("min_quantized_size", min_quantized_size, 0.0)
+    c.check_bool("stochastic_rounding", stochastic_rounding)
+    c.check_number("seed", seed)
     alpha, rho, k = adapt_strength, moment_decay, beta1_update_interval
     if b1_min is None:
         b1_min = c.default_b1_min(b1_base, alpha)
@@ -185,6 +223,7 @@ def scale_by_stam_lite(
         return jax.tree.map(leaf, params, mask)
 
     def init_fn(params):
+        params = c.as_arrays(params)
         leaves = jax.tree.leaves(params)
         n, dt = len(leaves), c.stat_dtype(leaves)
         return ScaleByStamLiteState(
@@ -194,26 +233,38 @@ def scale_by_stam_lite(
             b=c.vector(n, 0.0, dt, leaves),
             beta1=c.vector(n, b1_base, dt, leaves),
             beta1_prod=c.vector(n, 1.0, dt, leaves),
+            nonfinite=c.vector(n, 0, jnp.int32, leaves),
+            res_energy=c.vector(n if energy else 0, 0.0, dt, leaves),
         )
 
     def update_fn(updates, state, params=None):
-        del params
-        treedef = jax.tree.structure(updates)
-        gs, mus = treedef.flatten_up_to(updates), treedef.flatten_up_to(state.mu)
+        treedef, gs = c.grad_leaves(updates, state.mu, params)
+        mus = treedef.flatten_up_to(state.mu)
         t, dt = state.count, state.a.dtype
         # Tensor moments of g: one fused pass per sum and tensor.
-        (sum_g, sum_g2), gs_in, () = c.tensor_sums((lambda g: g, lambda g: g**2), gs, [], dt)
+        res_energy = state.res_energy
+        if energy:  # the energy signal also needs mean((g − μ)²)
+            (sum_g, sum_g2, sum_r2), gs_in, (mus,), flagged = c.tensor_sums(
+                (lambda g, m: g, lambda g, m: g**2, lambda g, m: (g - m) ** 2), gs, [mus], dt)
+        else:
+            (sum_g, sum_g2), gs_in, (), flagged = c.tensor_sums(
+                (lambda g: g, lambda g: g**2), gs, [], dt)
         size, nonempty = c.leaf_sizes(gs, dt)
         # The scalar rules of docs/math.md, for all tensors at once (vectors in leaf order).
         a = rho * state.a + (1 - rho) * sum_g / size
         b = rho * state.b + (1 - rho) * sum_g2 / size
         bias = c.one_minus_pow(rho, t + 1, dt)
         a_hat, b_hat = a / bias, b / bias
-        var = jnp.maximum(b_hat - a_hat**2, 0)
-        z = var / (b_hat + eps)
-        s = z / (1 + z)
-        cand = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
-        cand = jnp.where(jnp.isfinite(cand), cand, b1_base)
+        if energy:  # beta1_signal: z = P / b, s = min(z, 1)
+            res_energy, cand = sig.energy_lite(res_energy, b, sum_r2 / size, rho, b1_base,
+                                               alpha, b1_min)
+            res_energy = c.keep_where_empty(nonempty, res_energy, state.res_energy)
+        else:
+            var = jnp.maximum(b_hat - a_hat**2, 0)
+            z = var / (b_hat + eps)
+            s = z / (1 + z)
+            cand = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
+            cand = jnp.where(jnp.isfinite(cand), cand, b1_base)
         refresh = t % jnp.asarray(k, jnp.int32) == 0  # lazy β₁: every k steps
         beta1 = jnp.where(refresh, cand, state.beta1).astype(dt)
         prod = state.beta1_prod * beta1
@@ -242,7 +293,8 @@ def scale_by_stam_lite(
         index = jnp.arange(len(gs), dtype=jnp.int32)
         us, (mus,) = c.map_leaves(leaf_update, gs_in, [mus], (beta1, factor, index))
         new_state = ScaleByStamLiteState(optax.safe_increment(t), treedef.unflatten(mus),
-                                         a, b, beta1, prod)
+                                         a, b, beta1, prod,
+                                         c.count_flagged(state.nonfinite, flagged), res_energy)
         return treedef.unflatten(us), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -265,12 +317,13 @@ def stam_lite(
     quantize_mask: Any | None = None,
     stochastic_rounding: bool = False,
     seed: int = 0,
+    signal: str = "spec",
 ) -> optax.GradientTransformation:
     r"""STAMLite optimizer: `scale_by_stam_lite`, decoupled weight decay, learning rate.
 
     Updates are added to params (optax convention): `θ ← θ − lr·(u + λ·θ)`.
     Optimizer state is one param-shaped buffer (half of AdamW's in float32, a
-    quarter in bfloat16) plus four scalars per tensor.
+    quarter in bfloat16) plus four float scalars and one int32 count per tensor.
 
     Args:
       learning_rate: a float ≥ 0 or an optax schedule. Default 1e-3.
@@ -278,7 +331,8 @@ def stam_lite(
       mask: pytree or callable choosing the leaves that decay (optax convention);
         under `optax.inject_hyperparams` pass `static_args=("mask",)`.
       Others (including the int8 options `block_size`, `min_quantized_size`,
-        `quantize_mask`, `stochastic_rounding`, `seed`): see `scale_by_stam_lite`.
+        `quantize_mask`, `stochastic_rounding`, `seed`, and `signal`: "spec"
+        default, or "energy"): see `scale_by_stam_lite`.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -294,6 +348,7 @@ def stam_lite(
                            beta1_update_interval, state_dtype, b1_min,
                            block_size=block_size, min_quantized_size=min_quantized_size,
                            quantize_mask=quantize_mask,
-                           stochastic_rounding=stochastic_rounding, seed=seed),
+                           stochastic_rounding=stochastic_rounding, seed=seed,
+                           signal=signal),
         learning_rate, weight_decay, mask,
     )

@@ -5,6 +5,10 @@ they share no code with the package. Each `step` takes a float64 gradient and
 the current params and returns the optax-convention update
 `-lr·(u + λ·θ)`, the β₁ it used (None for AdamS) and the size of the update's
 terms, `lr·(max|u| + λ·max|θ|)`, against which float rounding is measured.
+
+`signal="energy"` (STAM and STAMLite) replaces the β₁ rule by the energy signal
+of docs/signal.md: z = EMA(mean r²) / EMA(mean g²) with matched decays, written
+here with both bias corrections spelled out (they cancel in exact arithmetic).
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ def _clean(g):
 
 class StamRef:
     def __init__(self, shape, lr, wd, b1_base=0.9, b2=0.999, eps=1e-8, alpha=0.2,
-                 tau_decay=0.99, threshold=100.0, b1_min=None):
+                 tau_decay=0.99, threshold=100.0, b1_min=None, signal="spec"):
+        self.signal = signal
+        self.p_sum = 0.0  # EMA of mean(r²), energy signal
+        self.q_sum = 0.0  # EMA of mean(g²), energy signal
         self.mu = np.zeros(shape)
         self.nu = np.zeros(shape)
         self.sigma2 = 0.0
@@ -44,7 +51,18 @@ class StamRef:
     def step(self, g, theta):
         g = _clean(g)
         b1_base, b2 = self.b1_base, self.b2
-        if g.size:
+        if g.size and self.signal == "energy":
+            r = g - self.mu
+            d = self.tau_decay
+            self.p_sum = d * self.p_sum + (1 - d) * np.mean(r * r)
+            self.q_sum = d * self.q_sum + (1 - d) * np.mean(g * g)
+            corr = 1 - d ** (self.t + 1)
+            z = _energy_z(self.p_sum / corr, self.q_sum / corr)
+            self.beta1 = _energy_beta1(z, b1_base, self.alpha, self.b1_min)
+            self.mu = self.beta1 * self.mu + (1 - self.beta1) * g
+            self.nu = b2 * self.nu + (1 - b2) * g * g
+            self.prod *= self.beta1
+        elif g.size:
             r = g - self.mu
             self.sigma2 = b2 * self.sigma2 + (1 - b2) * np.mean(r * r)
             self.tau = self.tau_decay * self.tau + (1 - self.tau_decay) * np.mean(np.abs(r))
@@ -66,9 +84,23 @@ class StamRef:
         return _result(self.lr, self.wd, u, theta, self.beta1)
 
 
+def _energy_z(p_hat, q_hat):
+    if q_hat > 0:
+        return p_hat / q_hat
+    return 0.0 if p_hat == 0 else np.inf
+
+
+def _energy_beta1(z, b1_base, alpha, b1_min):
+    if not np.isfinite(z):
+        return b1_base
+    return min(max(b1_base * (1 - alpha * min(z, 1.0)), b1_min), b1_base)
+
+
 class StamLiteRef:
     def __init__(self, shape, lr, wd, b1_base=0.9, eps=1e-8, alpha=0.2, rho=0.99, k=5,
-                 b1_min=None):
+                 b1_min=None, signal="spec"):
+        self.signal = signal
+        self.p_sum = 0.0  # EMA of mean((g − μ)²), energy signal
         self.mu = np.zeros(shape)
         self.a = 0.0
         self.b = 0.0
@@ -90,12 +122,19 @@ class StamLiteRef:
         self.b = rho * self.b + (1 - rho) * np.mean(g * g)
         a_hat = self.a / (1 - rho ** (self.t + 1))
         b_hat = self.b / (1 - rho ** (self.t + 1))
-        var = max(b_hat - a_hat ** 2, 0.0)
-        z = var / (b_hat + self.eps)
-        s = z / (1 + z)
-        cand = min(max(self.b1_base * (1 - self.alpha * s), self.b1_min), self.b1_base)
-        if not np.isfinite(cand):
-            cand = self.b1_base
+        if self.signal == "energy":
+            r = g - self.mu
+            self.p_sum = rho * self.p_sum + (1 - rho) * np.mean(r * r)
+            p_hat = self.p_sum / (1 - rho ** (self.t + 1))
+            cand = _energy_beta1(_energy_z(p_hat, b_hat), self.b1_base, self.alpha,
+                                 self.b1_min)
+        else:
+            var = max(b_hat - a_hat ** 2, 0.0)
+            z = var / (b_hat + self.eps)
+            s = z / (1 + z)
+            cand = min(max(self.b1_base * (1 - self.alpha * s), self.b1_min), self.b1_base)
+            if not np.isfinite(cand):
+                cand = self.b1_base
         if self.t % self.k == 0:
             self.beta1 = cand
         self.mu = self.beta1 * self.mu + (1 - self.beta1) * g

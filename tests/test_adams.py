@@ -39,4 +39,5 @@ def test_state_is_one_buffer():
     params = make_params()
     state = so.adams().init(params)
     n_state = sum(x.size for x in jax.tree.leaves(state))
-    assert n_state == sum(x.size for x in jax.tree.leaves(params))
+    # one param-shaped buffer, plus one int32 count of non-finite steps per tensor
+    assert n_state == sum(x.size for x in jax.tree.leaves(params)) + len(params)

@@ -160,6 +160,58 @@ def test_compiled_memory_donation(name):
     assert donated["total"] <= plain["total"]
 
 
+_TRANSFORMER = memory.transformer  # the tests below patch memory.transformer
+
+
+def _tiny_transformer() -> dict:
+    return _TRANSFORMER(vocab=96, d=64, layers=1, ctx=32)
+
+
+def test_transformer_loss_is_next_token_cross_entropy():
+    shapes = _tiny_transformer()
+    params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+    params["blocks"][0]["ln1"]["scale"] = jnp.ones(64)
+    tokens = jnp.arange(2 * 17, dtype=jnp.int32).reshape(2, 17) % 96
+    # All-zero weights: every logit is 0, so the loss is log(vocab) exactly.
+    loss = jax.jit(memory.transformer_loss)
+    assert float(loss(params, tokens)) == pytest.approx(math.log(96), 1e-6)
+    # Embeddings that point at the next token make the loss small.
+    emb = jnp.eye(96, 64) * 30.0
+    params = dict(params, embed=emb, ln_f={"scale": jnp.ones(64), "bias": jnp.zeros(64)})
+    repeat = jnp.full((2, 17), 5, jnp.int32)
+    assert float(loss(params, repeat)) < 0.01
+
+
+@pytest.mark.parametrize("name", ["stam_lite_int8"])  # adamw: test_cli_train_step_table
+def test_train_step_memory_against_the_trees(name):
+    params = _tiny_transformer()
+    tx = registry.get(name)
+    state = jax.eval_shape(tx.init, params)
+    p_bytes, s_bytes = memory.tree_bytes(params), memory.tree_bytes(state)
+    batch, seq, vocab = 3, 16, 96
+    tokens = batch * (seq + 1) * 4
+    plain = memory.train_step_memory(tx, params, False, batch, seq)
+    donated = memory.train_step_memory(tx, params, True, batch, seq)
+    leaves = len(jax.tree.leaves((params, state))) + 1  # and the loss
+    for r in (plain, donated):
+        assert r["argument"] == p_bytes + s_bytes + tokens  # params, state, tokens in
+        assert p_bytes + s_bytes + 4 <= r["output"] <= p_bytes + s_bytes + 4 + 8 * leaves
+        assert r["total"] == r["argument"] + r["output"] - r["alias"] + r["temp"]
+        # The logits (batch, seq, vocab) float32 are an activation the step must hold.
+        assert r["temp"] >= batch * seq * vocab * 4
+    assert plain["alias"] == 0
+    assert p_bytes <= donated["alias"] <= p_bytes + s_bytes
+    assert donated["total"] < plain["total"]
+
+
+def test_train_step_memory_rejects_bad_sizes():
+    params = _tiny_transformer()
+    with pytest.raises(ValueError, match="seq must be <= the model's context 32"):
+        memory.train_step_memory(registry.get("adamw"), params, False, 1, 33)
+    with pytest.raises(ValueError, match="batch and seq must be >= 1"):
+        memory.train_step_memory(registry.get("adamw"), params, False, 0, 8)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="stam-bench memory")
     memory.add_arguments(ap)
@@ -170,7 +222,7 @@ def test_cli_run_writes_json_and_tables(tmp_path, capsys):
     out = tmp_path / "sub" / "memory.json"
     args = _parser().parse_args(["--models", "small_mlp,transformer", "--optimizers",
                                  "stam_lite_int8,stam_lite", "--compiled-model", "small_mlp",
-                                 "--output", str(out)])
+                                 "--output", str(out), "--no-train-step"])
     assert memory.run(args) == 0
     data = json.loads(out.read_text())
     assert data["environment"]["jax"] == jax.__version__
@@ -201,9 +253,44 @@ def test_cli_run_writes_json_and_tables(tmp_path, capsys):
 def test_cli_no_compiled(tmp_path):
     out = tmp_path / "m.json"
     args = _parser().parse_args(["--models", "small_mlp", "--optimizers", "adamw",
-                                 "--no-compiled", "--output", str(out)])
+                                 "--no-compiled", "--no-train-step", "--output", str(out)])
     assert memory.run(args) == 0
-    assert json.loads(out.read_text())["compiled"] == []
+    data = json.loads(out.read_text())
+    assert data["compiled"] == [] and data["train_step"] == []
+
+
+def test_cli_train_step_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(memory, "transformer", _tiny_transformer)
+    out = tmp_path / "m.json"
+    args = _parser().parse_args(["--models", "small_mlp", "--optimizers", "stam_lite_bf16,lion",
+                                 "--compiled-optimizers", "stam_lite_bf16",
+                                 "--no-compiled", "--train-batch", "2", "--train-seq", "8",
+                                 "--output", str(out)])
+    assert memory.run(args) == 0
+    data = json.loads(out.read_text())
+    assert {r["optimizer"] for r in data["rows"]} == {"stam_lite_bf16", "lion", "adamw"}
+    rows = data["train_step"]
+    assert {(r["optimizer"], r["donated"], r["batch"], r["seq"]) for r in rows} == {
+        (o, d, 2, 8) for o in ("stam_lite_bf16", "adamw") for d in (False, True)}
+    base = {r["donated"]: r for r in rows if r["optimizer"] == "adamw"}
+    params = _tiny_transformer()
+    n, p_bytes = memory.param_count(params), memory.tree_bytes(params)
+    for r in rows:
+        s_bytes = memory.state_bytes(registry.get(r["optimizer"]), params)
+        assert r["state_bytes"] == s_bytes
+        assert r["argument"] == p_bytes + s_bytes + 2 * 9 * 4  # params, state, tokens
+        assert r["total"] == r["argument"] + r["output"] - r["alias"] + r["temp"]
+        b = base[r["donated"]]
+        assert r["state_ratio_to_adamw"] == s_bytes / b["state_bytes"]
+        assert r["total_ratio_to_adamw"] == r["total"] / b["total"]
+        assert r["total_bytes_per_param"] == r["total"] / n
+    printed = capsys.readouterr().out
+    assert "batch 2 x 8 tokens" in printed
+    assert memory.train_step_table(rows) in printed
+    args = _parser().parse_args(["--train-seq", "33", "--output", str(tmp_path / "x.json")])
+    assert memory.run(args) == 2
+    assert "--train-seq must be <= the transformer's context 32" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -211,6 +298,8 @@ def test_cli_no_compiled(tmp_path):
     (["--models", ","], "no model named"),
     (["--compiled-model", "resnet"], "unknown model 'resnet'"),
     (["--optimizers", "adamx"], "unknown optimizer 'adamx'"),
+    (["--train-batch", "0"], "expected an integer >= 1, got 0"),
+    (["--train-seq", "x"], "expected an integer >= 1, got 'x'"),
 ])
 def test_bad_arguments_give_clear_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -227,8 +316,9 @@ def test_resource_report_file_path_form(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    # The line 0.1.0 printed for small_mlp.
-    assert lines[0] == "small_mlp: AdamW state=0.13MB, STAM state=0.13MB, ratio=1.0005x"
+    # The line 0.1.0 printed for small_mlp ("ratio=1.0005x"), in the same format; the
+    # state now also holds one int32 count of non-finite steps per tensor.
+    assert lines[0] == "small_mlp: AdamW state=0.13MB, STAM state=0.13MB, ratio=1.0006x"
     data = json.loads(out.read_text())
     pattern = re.compile(r"^(\w+): AdamW state=([\d.]+)MB, (.+) state=([\d.]+)MB, "
                          r"ratio=([\d.]+)x$")

@@ -24,6 +24,9 @@ def _runner(name):
         "stam": so.stam(1e-3, adapt_strength=ALPHA),
         "stam_lite": so.stam_lite(1e-3, adapt_strength=ALPHA, beta1_update_interval=2),
         "stam_lite_bf16": so.stam_lite(1e-3, adapt_strength=ALPHA, state_dtype="bfloat16"),
+        "stam_energy": so.stam(1e-3, adapt_strength=ALPHA, signal="energy"),
+        "stam_lite_energy": so.stam_lite(1e-3, adapt_strength=ALPHA, beta1_update_interval=2,
+                                         signal="energy"),
         "adams": so.adams(1e-3),
     }[name]
 
@@ -45,7 +48,8 @@ def _runner(name):
     seed=st.integers(0, 2**31 - 1),
     offset=st.floats(min_value=-3, max_value=3),
 )
-@pytest.mark.parametrize("name", ["stam", "stam_lite", "stam_lite_bf16", "adams"])
+@pytest.mark.parametrize("name", ["stam", "stam_lite", "stam_lite_bf16", "stam_energy",
+                                  "stam_lite_energy", "adams"])
 def test_finite_updates_and_beta1_bounds(name, log_scale, seed, offset):
     rng = np.random.default_rng(seed)
     scale = 10.0**log_scale

@@ -306,7 +306,7 @@ def ablation_section(tasks: Tasks, baseline: str) -> list[str]:
                                         ("stam_full", "stam_const_beta")])
     if not judged:
         return lines + ["Not run: no task has `stam_full` with `stam_fixed` or "
-                        "`stam_const_beta`.", ""]
+                        "`stam_const_beta`.", "", *signal_ablation(tasks, baseline)]
     names = ("stam_full", "stam_fixed", "stam_const_beta", "stam_lite", baseline)
     means = [[t, *(_f(_mean(r[n])) if n in r else "—" for n in names)]
              for t, r in tasks.items() if "stam_full" in r]
@@ -315,4 +315,36 @@ def ablation_section(tasks: Tasks, baseline: str) -> list[str]:
                f"ties, {fixed.count('loss')} losses, {fixed.count('inconclusive')} inconclusive "
                f"of {len(fixed)} tasks.") if fixed else ""
     return lines + [summary, "", *_table(["task", *(f"`{n}` mean" for n in names)], means),
-                    *_pair_table(judged, tasks, {})]
+                    *_pair_table(judged, tasks, {}), *signal_ablation(tasks, baseline)]
+
+
+# (candidate, reference) pairs of the β₁-signal ablation, one Holm family
+SIGNAL_PAIRS = (("stam_full_energy", "stam_full"), ("stam_full_energy", "stam_const_mean"),
+                ("stam_full_energy", "adamw"), ("stam_full", "stam_const_mean"),
+                ("stam_lite_energy", "stam_lite"), ("stam_lite_energy", "adamw"))
+
+
+def signal_ablation(tasks: Tasks, baseline: str = "adamw") -> list[str]:
+    """The energy-signal variants against SPEC STAM(Lite), against STAM with a constant
+    β₁ equal to the mean β₁ SPEC STAM used on the task, and against the baseline."""
+    lines = ["### The β₁ signal: energy variant, SPEC signal, STAM's own mean β₁", ""]
+    pairs = [(a, baseline if b == "adamw" else b) for a, b in SIGNAL_PAIRS]
+    judged = _compare_pairs(tasks, pairs)
+    if not judged:
+        return lines + ["Not run: no task has `stam_full_energy` or `stam_lite_energy` with "
+                        "a reference.", ""]
+    consts = [[t, _f(((r.get("stam_const_mean") or {}).get("constant_beta1") or {})
+                     .get("value"))] for t, r in tasks.items() if "stam_const_mean" in r]
+    counts = {}
+    for (_, a, b), j in judged.items():
+        counts.setdefault((a, b), dict.fromkeys(VERDICTS, 0))[j.verdict] += 1
+    summary = [f"`{a}` vs `{b}`: " + ", ".join(f"{c[v]} {v}" for v in VERDICTS)
+               + f" (of {sum(c.values())} tasks)." for (a, b), c in counts.items()]
+    return lines + [
+        "Paired by seed, Holm-corrected across all rows of this table; a win means the "
+        "candidate (first) is better. `stam_const_mean` is STAM with α = 0 and β₁ fixed at "
+        "the mean β₁ `stam_full` used on that task (mean over layers and evaluations of its "
+        "first final seed):", "",
+        *(_table(["task", "constant β₁ of `stam_const_mean`"], consts) if consts else
+          ["No `stam_const_mean` run.", ""]),
+        *(f"* {line}" for line in summary), "", *_pair_table(judged, tasks, {})]

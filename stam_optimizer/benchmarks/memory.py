@@ -1,6 +1,6 @@
 """Optimizer-state memory: bytes per parameter, and the compiled update's buffers.
 
-Two measurements, neither of which allocates the models:
+Three measurements, none of which allocates the models:
 
 * State bytes. The optimizer's state is built abstractly with
   `jax.eval_shape(tx.init, params)` on `jax.ShapeDtypeStruct` parameters, and the
@@ -16,6 +16,13 @@ Two measurements, neither of which allocates the models:
   temporaries; `total = argument + output − alias + temp` is the live-buffer
   bound reported. `peak_memory_in_bytes` is stored too but not used: on CPU it
   leaves out part of the temporaries (see `MEMORY_ANALYSIS_NOTES`).
+* Train-step peak. The whole training step of the transformer —
+  `(params, state, tokens) -> (params, state, loss)`: forward, backward and the
+  update — is lowered and compiled the same way (params and state donated or
+  not), on a batch of `batch × seq` tokens. Its `total` is what a user's step
+  holds at its peak: params, gradients, state, activations and every other
+  temporary. The optimizer's share of it is the state (and the update's
+  temporaries); the rest is the same for every optimizer.
 
 Sizes are bytes; "MB" in printed lines is 2**20 bytes, as in the 0.1.0 report.
 """
@@ -168,6 +175,45 @@ def int8_target(model: str = INT8_TARGET_MODEL) -> dict:
             "times_smaller_than_adamw": base / b, "passed": bpp <= INT8_TARGET_BYTES_PER_PARAM}
 
 
+def transformer_loss(params: dict, tokens: jax.Array) -> jax.Array:
+    """Next-token cross-entropy of the `transformer` parameter tree on `tokens`
+    (batch, seq + 1): pre-norm causal attention (heads of 64, at least one) and
+    a GELU MLP per block, the output head tied to the token embedding."""
+    d = params["embed"].shape[1]
+    heads = max(1, d // 64)
+    batch, seq = tokens.shape[0], tokens.shape[1] - 1
+
+    def norm(x, p):
+        mean = x.mean(-1, keepdims=True)
+        return p["scale"] * (x - mean) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5) \
+            + p["bias"]
+
+    def dense(x, p):
+        return x @ p["w"] + p["b"]
+
+    mask = jnp.tril(jnp.ones((seq, seq), bool))
+    x = params["embed"][tokens[:, :-1]] + params["pos"][:seq]
+    for blk in params["blocks"]:
+        q, k, v = jnp.split(dense(norm(x, blk["ln1"]), blk["qkv"]), 3, axis=-1)
+        q, k, v = (t.reshape(batch, seq, heads, d // heads) for t in (q, k, v))
+        att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // heads)
+        att = jax.nn.softmax(jnp.where(mask, att, -1e9), axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(batch, seq, d)
+        x = x + dense(out, blk["proj"])
+        x = x + dense(jax.nn.gelu(dense(norm(x, blk["ln2"]), blk["up"])), blk["down"])
+    logits = norm(x, params["ln_f"]) @ params["embed"].T
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+
+def _train_step(tx: optax.GradientTransformation) -> Callable:
+    def step(params, state, tokens):
+        loss, grads = jax.value_and_grad(transformer_loss)(params, tokens)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    return step
+
+
 def _update_step(tx: optax.GradientTransformation) -> Callable:
     def step(params, grads, state):
         updates, state = tx.update(grads, state, params)
@@ -187,9 +233,31 @@ def compiled_memory(tx: optax.GradientTransformation, params: Any, donate: bool)
     state = jax.eval_shape(tx.init, params)
     grads = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
     jitted = jax.jit(_update_step(tx), donate_argnums=(0, 2) if donate else ())
+    return _analysis(jitted, params, grads, state)
+
+
+def train_step_memory(tx: optax.GradientTransformation, params: dict, donate: bool,
+                      batch: int, seq: int) -> dict:
+    """Buffer sizes of the compiled transformer train step
+    `(params, state, tokens) -> (params, state, loss)` on `batch × seq` tokens, lowered
+    on abstract inputs, with params and state donated when `donate`; the fields of
+    `compiled_memory`.
+    """
+    if batch < 1 or seq < 1:
+        raise ValueError(f"batch and seq must be >= 1, got batch={batch}, seq={seq}")
+    ctx = params["pos"].shape[0]
+    if seq > ctx:
+        raise ValueError(f"seq must be <= the model's context {ctx}, got {seq}")
+    state = jax.eval_shape(tx.init, params)
+    tokens = jax.ShapeDtypeStruct((batch, seq + 1), jnp.int32)
+    jitted = jax.jit(_train_step(tx), donate_argnums=(0, 1) if donate else ())
+    return _analysis(jitted, params, state, tokens)
+
+
+def _analysis(jitted: Any, *args: Any) -> dict:
     with warnings.catch_warnings():  # unusable donated buffers are visible as alias < donated
         warnings.simplefilter("ignore")
-        stats = jitted.lower(params, grads, state).compile().memory_analysis()
+        stats = jitted.lower(*args).compile().memory_analysis()
     if stats is None:
         return {"argument": None, "output": None, "alias": None, "temp": None,
                 "peak_reported": None, "total": None}
@@ -220,6 +288,33 @@ def compiled_rows(model: str, optimizers: list[str],
     for r in rows:
         b = base.get(r["donated"])
         r["total_ratio_to_adamw"] = None if not b or r["total"] is None else r["total"] / b
+    return rows
+
+
+def train_step_rows(optimizers: list[str], batch: int, seq: int,
+                    log: Callable[[str], None] = lambda _: None) -> list[dict]:
+    """Train-step peak of every optimizer on the transformer, donated and not, with
+    its state bytes next to it."""
+    params = transformer()
+    n = param_count(params)
+    rows = []
+    for name in optimizers:
+        tx = registry.get(name)
+        s_bytes = state_bytes(tx, params)
+        for donate in (False, True):
+            r = {"model": "transformer", "optimizer": name, "donated": donate, "params": n,
+                 "batch": batch, "seq": seq, "param_bytes": tree_bytes(params),
+                 "state_bytes": s_bytes}
+            r.update(train_step_memory(tx, params, donate, batch, seq))
+            r["total_bytes_per_param"] = None if r["total"] is None else r["total"] / n
+            rows.append(r)
+        log(f"  transformer: compiled the train step with {name}")
+    base = {r["donated"]: r for r in rows if r["optimizer"] == BASELINE}
+    for r in rows:
+        b = base.get(r["donated"])
+        r["state_ratio_to_adamw"] = None if not b else r["state_bytes"] / b["state_bytes"]
+        r["total_ratio_to_adamw"] = (None if not b or not b["total"] or r["total"] is None
+                                     else r["total"] / b["total"])
     return rows
 
 
@@ -262,6 +357,23 @@ def compiled_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def train_step_table(rows: list[dict]) -> str:
+    """Markdown: per optimizer, state bytes next to the train step's peak (MB), with
+    and without donation, and both ratios to AdamW."""
+    by = {(r["optimizer"], r["donated"]): r for r in rows}
+    lines = ["| optimizer | state MB | state / adamw | peak MB, not donated | peak MB, donated"
+             " | peak / adamw (donated) |", "|---" * 6 + "|"]
+    for name in dict.fromkeys(r["optimizer"] for r in rows):
+        plain, don = by[(name, False)], by[(name, True)]
+        ratio = don["total_ratio_to_adamw"]
+        sratio = don["state_ratio_to_adamw"]
+        lines.append(
+            f"| {name} | {_mb(don['state_bytes'])} | "
+            f"{'n/a' if sratio is None else f'{sratio:.2f}'} | {_mb(plain['total'])} | "
+            f"{_mb(don['total'])} | {'n/a' if ratio is None else f'{ratio:.2f}'} |")
+    return "\n".join(lines)
+
+
 def target_line(t: dict) -> str:
     """PASS/MISS line of the int8 bytes/param target."""
     verdict = "PASS" if t["passed"] else "MISS"
@@ -287,16 +399,35 @@ def _model_name(text: str) -> str:
     return name
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the options of `stam-bench memory` to `parser`."""
     parser.add_argument("--models", type=_model_list, default=list(MODELS),
                         help=f"comma-separated models for state bytes: {', '.join(MODELS)}")
     parser.add_argument("--optimizers", type=optimizer_names, default=list(registry.OPTIMIZERS),
                         help="comma-separated registry names (default: all)")
+    parser.add_argument("--compiled-optimizers", type=optimizer_names, default=None,
+                        help="registry names whose compiled update and train step are "
+                             "measured (default: those of --optimizers)")
     parser.add_argument("--compiled-model", type=_model_name, default=INT8_TARGET_MODEL,
                         help="model whose compiled update memory is measured")
     parser.add_argument("--no-compiled", action="store_true",
                         help="skip the compiled update memory")
+    parser.add_argument("--train-batch", type=_positive_int, default=4,
+                        help="sequences per train step of the transformer (default 4)")
+    parser.add_argument("--train-seq", type=_positive_int, default=256,
+                        help="tokens per sequence of the train step, <= 1024 (default 256)")
+    parser.add_argument("--no-train-step", action="store_true",
+                        help="skip the transformer train step's peak memory")
     parser.add_argument("--output", default="results/memory.json", help="JSON file to write")
 
 
@@ -306,17 +437,30 @@ def _log(msg: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs `stam-bench memory`: writes the JSON, prints the tables and the int8 verdict."""
+    ctx = transformer()["pos"].shape[0]
+    if not args.no_train_step and args.train_seq > ctx:
+        print(f"stam-bench memory: --train-seq must be <= the transformer's context {ctx}, "
+              f"got {args.train_seq}", file=sys.stderr)
+        return 2
     optimizers = list(args.optimizers)
     if BASELINE not in optimizers:  # every ratio is to AdamW: always measure it
         optimizers.append(BASELINE)
+    compiled = list(args.compiled_optimizers or optimizers)
+    if BASELINE not in compiled:
+        compiled.append(BASELINE)
     out = {"schema": 1, "kind": "memory", "environment": speed.environment(),
            "method": __doc__.strip(), "memory_analysis_notes": MEMORY_ANALYSIS_NOTES,
            "rows": state_rows(list(args.models), optimizers), "int8_target": int8_target(),
-           "compiled": []}
+           "compiled": [], "train_step": []}
     files.write_json(args.output, out)
     if not args.no_compiled:
-        _log(f"compiling the update of {len(optimizers)} optimizers on {args.compiled_model}")
-        out["compiled"] = compiled_rows(args.compiled_model, optimizers, _log)
+        _log(f"compiling the update of {len(compiled)} optimizers on {args.compiled_model}")
+        out["compiled"] = compiled_rows(args.compiled_model, compiled, _log)
+        files.write_json(args.output, out)
+    if not args.no_train_step:
+        _log(f"compiling the transformer train step ({args.train_batch} x {args.train_seq} "
+             f"tokens) with {len(compiled)} optimizers")
+        out["train_step"] = train_step_rows(compiled, args.train_batch, args.train_seq, _log)
         files.write_json(args.output, out)
     print("Optimizer state, bytes per parameter (ratio to optax.adamw):\n")
     print(bytes_table(out["rows"]))
@@ -324,6 +468,14 @@ def run(args: argparse.Namespace) -> int:
         print("\nCompiled optimizer update (params, grads, state in; params, state out), "
               "total = argument + output - alias + temp:\n")
         print(compiled_table(out["compiled"]))
+    if out["train_step"]:
+        r0 = out["train_step"][0]
+        print(f"\nTransformer train step ({r0['params'] / 1e6:.1f}M params, batch {r0['batch']}"
+              f" x {r0['seq']} tokens): optimizer state next to the step's peak, "
+              "peak = argument + output - alias + temp (params, grads, state, activations, "
+              "temporaries):\n")
+        print(train_step_table(out["train_step"]))
+    if out["compiled"] or out["train_step"]:
         print(f"\nNote: {MEMORY_ANALYSIS_NOTES}")
     print()
     print(target_line(out["int8_target"]))

@@ -306,3 +306,35 @@ def heatmap(sweep: dict, path: str | Path) -> Path | None:
     ax.set_title(f"{sweep.get('task')}: {sweep.get('optimizer')} (box: best)", fontsize="medium")
     return save(fig, path)
 
+
+
+def signal_stream(stream: str, title: str, series: Mapping[int, Mapping[str, tuple]],
+                  change: int, ylim: tuple[float, float], path: str | Path) -> Path | None:
+    """β₁ over the steps of one gradient stream: one panel per tensor size (shared y
+    axis, the same limits in every stream's figure), one line per optimizer.
+
+    `series[n][optimizer] = (steps, beta1)`.
+    """
+    series = {n: s for n, s in series.items() if s}
+    if not series:
+        return None
+    fig = _figure(4.2 * len(series) + 1.0, 4.4)
+    axes = fig.subplots(1, len(series), squeeze=False, sharey=True)[0]
+    names = list(dict.fromkeys(o for s in series.values() for o in s))
+    colors = {o: f"C{i % 10}" for i, o in enumerate(names)}
+    for ax, (n, by_opt) in zip(axes, series.items()):
+        for k, name in enumerate(names):
+            if name not in by_opt:
+                continue
+            x, y = by_opt[name]
+            ax.plot(np.asarray(x, float), np.asarray(y, dtype=float), STYLES[k % len(STYLES)],
+                    color=colors[name], label=name, linewidth=1.3)
+        if change:
+            ax.axvline(change, color="black", linestyle="--", linewidth=0.8)
+        ax.set(xlabel="step", title=f"{n} entries", ylim=ylim)
+    axes[0].set_ylabel("β₁")
+    fig.suptitle(f"{stream}: {title}", fontsize="medium")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(names), 4),
+               fontsize="small")
+    return save(fig, path)

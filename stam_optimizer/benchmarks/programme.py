@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer.benchmarks import files, memory, registry, runner, speed
+from stam_optimizer.benchmarks import files, memory, registry, runner, signal_streams, speed
 from stam_optimizer.benchmarks.data import DatasetMissing
 from stam_optimizer.benchmarks.task import Config, Task
 from stam_optimizer.benchmarks.tasks import QUICK_EXTRA, QUICK_OPTIMIZERS, SUITES, TASKS
@@ -38,6 +38,12 @@ SEEDS = {"tiny": ([1000], [0, 1]), "quick": ([1000], [0, 1, 2, 3]),
 SWEEP = {"tiny": ((1e-2, 1e-1), (0.0, 0.1), [0, 1]),
          "quick": (GRIDS["quick"], (0.0, 1e-3, 1e-2, 1e-1), [0, 1, 2]),
          "full": (GRIDS["full"], (0.0, 1e-4, 1e-3, 1e-2, 1e-1), [0, 1, 2, 3, 4])}
+
+
+# Jobs that read another job's result: optimizer -> the run it needs on the same
+# task. stam_const_mean runs STAM with α = 0 and β₁ = the mean β₁ that stam_full
+# used on the task (`runner.mean_beta1`), after stam_full's job.
+DEPENDENT = {"stam_const_mean": "stam_full"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +83,24 @@ def plan(suites: Sequence[str], size: str, chosen: Sequence[str] | None = None) 
         s = SUITES[suite]
         for task in s.quick_tasks if size != "full" and s.quick_tasks is not None else s.tasks:
             for name in optimizers_for(suite, task, size, chosen):
-                job = Job(kind, task, name)
-                if job not in jobs:
-                    jobs.append(job)
+                needs = [DEPENDENT[name]] if name in DEPENDENT and kind == "run" else []
+                if name in DEPENDENT and kind != "run":
+                    continue
+                for job in [Job(kind, task, n) for n in needs] + [Job(kind, task, name)]:
+                    if job not in jobs:
+                        jobs.append(job)
     return jobs
+
+
+def constant_beta1(job: Job, out: Path) -> tuple[str, float]:
+    """The registry name and β₁ of a dependent job (from its source run on disk)."""
+    source = runner.load_json(Job("run", job.task, DEPENDENT[job.optimizer]).path(out))
+    mean = runner.mean_beta1(source)
+    if not np.isfinite(mean):
+        raise ValueError(f"{job.optimizer} on {job.task}: no beta1 record in the "
+                         f"{DEPENDENT[job.optimizer]} run it is built from")
+    value = float(f"{mean:.4f}")
+    return f"{registry.CONST_BETA_PREFIX}{value}", value
 
 
 def sized(task: Task, size: str) -> Task:
@@ -102,6 +122,13 @@ def is_done(job: Job, task: Task, out: Path, size: str) -> bool:
         return rec.get("lrs") == list(lrs) and rec.get("wds") == list(wds) and \
             rec.get("seeds") == list(seeds)
     tune, final = seeds_of(task, size)
+    if job.optimizer in DEPENDENT:
+        try:
+            value = constant_beta1(job, out)[1]
+        except ValueError:
+            return False
+        if (rec.get("constant_beta1") or {}).get("value") != value:
+            return False
     return rec["tuning"]["seeds"] == list(tune) and rec["final"]["seeds"] == list(final) and \
         set(task.lr_grid) <= set(rec["tuning"]["lrs"])
 
@@ -110,6 +137,12 @@ def run_job(job: Job, task: Task, out: Path, size: str) -> dict:
     if job.kind == "sweep":
         lrs, wds, seeds = SWEEP[size]
         rec = runner.sweep(task, job.optimizer, list(lrs), list(wds), seeds, size)
+    elif job.optimizer in DEPENDENT:
+        name, value = constant_beta1(job, out)
+        rec = runner.tune_and_run(task, name, *seeds_of(task, size), size)
+        rec["optimizer"] = job.optimizer
+        rec["constant_beta1"] = {"value": value, "from": DEPENDENT[job.optimizer],
+                                 "registry_name": name}
     else:
         rec = runner.tune_and_run(task, job.optimizer, *seeds_of(task, size), size)
     files.write_json(str(job.path(out)), rec)
@@ -193,6 +226,11 @@ class _Progress:
         except ImportError:
             pass
 
+    def add(self, n: int) -> None:
+        """Changes the number of steps still expected by `n`."""
+        if self.bar is not None and n:
+            self.bar.update(self.id, total=self.bar.tasks[0].total + n)
+
     def advance(self, msg: str) -> None:
         if self.bar is not None:
             self.bar.console.print(msg)
@@ -250,10 +288,12 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
                 counts["missing_data"] += 1
         if tasks[job.task] is None:
             continue
-        if not force and is_done(job, tasks[job.task], out, size):
+        if not force and job.optimizer not in DEPENDENT and is_done(job, tasks[job.task], out,
+                                                                     size):
             counts["skipped"] += 1
             continue
         jobs.append(job)
+    dependent = [j for j in jobs if j.optimizer in DEPENDENT]
     if counts["skipped"]:
         log(f"resuming: {counts['skipped']} finished runs kept, {len(jobs)} to go")
 
@@ -264,7 +304,7 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
         return job, run_job(job, tasks[job.task], out, size), time.perf_counter() - t
 
     pool = cf.ThreadPoolExecutor(max_workers=workers)
-    futures = {}
+    futures: dict[cf.Future, Job] = {}
 
     def finished(fut: cf.Future) -> None:
         try:
@@ -275,10 +315,20 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
             counts["failed"] += 1
             progress.advance(f"FAILED {futures[fut]}:\n{traceback.format_exc()}")
 
-    try:
-        futures = {pool.submit(work, j): j for j in jobs}
-        for fut in cf.as_completed(futures):
+    def run_all(batch: list[Job]) -> None:
+        submitted = {pool.submit(work, j): j for j in batch}
+        futures.update(submitted)
+        for fut in cf.as_completed(submitted):
             finished(fut)
+
+    try:
+        run_all([j for j in jobs if j.optimizer not in DEPENDENT])
+        # dependent jobs read the runs just written; a finished one is kept only
+        # if it was built from the source run now on disk
+        later = [j for j in dependent if force or not is_done(j, tasks[j.task], out, size)]
+        counts["skipped"] += len(dependent) - len(later)
+        progress.add(len(later) - len(dependent))
+        run_all(later)
     except KeyboardInterrupt:
         for fut in futures:
             fut.cancel()  # queued jobs are dropped; running ones cannot be stopped
@@ -302,5 +352,11 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
         memory_suite(out, size, log)
     if "timing" in suites:
         timing_suite(out, size, log)
+    if "signal" in suites:
+        names = [n for n in optimizers or () if n in signal_streams.adaptive_optimizers("full")]
+        if optimizers and not names:
+            log("signal: none of the chosen optimizers has an adaptive beta1; skipped")
+        else:
+            signal_streams.run_suite(str(out / "signal.json"), size, names or None, log)
     counts["seconds"] = time.perf_counter() - t0
     return counts

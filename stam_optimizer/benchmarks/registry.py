@@ -23,7 +23,9 @@ Factory = Callable[..., optax.GradientTransformation]
 OPTIMIZERS: dict[str, Factory] = {
     "stam_full": lambda lr, wd=WD: so.stam(lr, weight_decay=wd),
     "stam_full_bf16": lambda lr, wd=WD: so.stam(lr, weight_decay=wd, mu_dtype="bfloat16"),
+    "stam_full_energy": lambda lr, wd=WD: so.stam(lr, weight_decay=wd, signal="energy"),
     "stam_lite": lambda lr, wd=WD: so.stam_lite(lr, weight_decay=wd),
+    "stam_lite_energy": lambda lr, wd=WD: so.stam_lite(lr, weight_decay=wd, signal="energy"),
     "stam_lite_bf16": lambda lr, wd=WD: so.stam_lite(lr, weight_decay=wd, state_dtype="bfloat16"),
     "stam_lite_int8": lambda lr, wd=WD: so.stam_lite(lr, weight_decay=wd, state_dtype="int8"),
     "stam_fixed": lambda lr, wd=WD: so.stam(lr, weight_decay=wd, adapt_strength=0.0),
@@ -45,13 +47,41 @@ OPTIMIZERS: dict[str, Factory] = {
 # learning rate weights its iterate average), which the runner relies on; the gpt
 # suite, which builds each optimizer at its traced learning rate, runs it.
 
-DECOUPLED_WD = ("stam_full", "stam_full_bf16", "stam_lite", "stam_lite_bf16", "stam_lite_int8",
-                "stam_fixed", "stam_const_beta", "adamw", "lion", "adams")
+DECOUPLED_WD = ("stam_full", "stam_full_bf16", "stam_full_energy", "stam_lite",
+                "stam_lite_energy", "stam_lite_bf16", "stam_lite_int8", "stam_fixed",
+                "stam_const_beta", "adamw", "lion", "adams")
+# The β₁ signal (stam_optimizer.beta1_signal) of each STAM-family entry that does
+# not use the default "spec".
+SIGNAL = {"stam_full_energy": "energy", "stam_lite_energy": "energy"}
+
+
+# "stam_const_beta=<b>": STAM with α = 0 and β₁ = b (0 < b < 1), e.g. a constant
+# equal to the mean β₁ that STAM used on a task (the ablation's stam_const_mean).
+CONST_BETA_PREFIX = "stam_const_beta="
+
+
+def _const_beta(name: str) -> Factory | None:
+    if not name.startswith(CONST_BETA_PREFIX):
+        return None
+    try:
+        b = float(name[len(CONST_BETA_PREFIX):])
+    except ValueError:
+        b = float("nan")
+    if not 0.0 < b < 1.0:
+        raise ValueError(f"{name!r}: the constant beta1 after '=' must be a number in (0, 1)")
+    return lambda lr, wd=WD: so.stam(lr, weight_decay=wd, b1_base=b, adapt_strength=0.0)
 
 
 def get(name: str, learning_rate: float = 1e-3,
         weight_decay: float = WD) -> optax.GradientTransformation:
-    """Builds the registered optimizer `name`; raises ValueError listing the names."""
+    """Builds the registered optimizer `name`; raises ValueError listing the names.
+
+    Besides the names of `OPTIMIZERS`, `"stam_const_beta=<b>"` builds STAM with a
+    constant β₁ of b.
+    """
+    const = _const_beta(name)
+    if const is not None:
+        return const(learning_rate, weight_decay)
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name](learning_rate, weight_decay)

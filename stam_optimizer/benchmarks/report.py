@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from stam_optimizer.benchmarks import gpt_report, plots
+from stam_optimizer.benchmarks import gpt_report, plots, signal_report
 from stam_optimizer.benchmarks.claims import (
     ALPHA,
     POWER,
@@ -532,6 +532,11 @@ def _sweep_maps(ctx: _Context) -> list[str]:
     return lines
 
 
+def _signal(ctx: _Context) -> list[str]:
+    return signal_report.signal_section(ctx.results_dir, ctx.out_dir,
+                                        _load_optional(ctx.results_dir / "signal.json"))
+
+
 def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  baseline: str = "adamw") -> Path:
     """Writes report.md and its PNG figures for `results_dir`; returns the report path."""
@@ -543,7 +548,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                    compare_to_baseline(tasks, baseline))
     lines: list[str] = []
     for section in (_header, _headline, _claims, _per_task, _forest, _int8, _ablation,
-                    _gpt, _profile, _sweep_maps, _memory, _speed):
+                    _signal, _gpt, _profile, _sweep_maps, _memory, _speed):
         lines += section(ctx)
     path = out / "report.md"
     write_atomic(path, (re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip() + "\n").encode())

@@ -242,6 +242,17 @@ def sweep(task: Task, name: str, lrs: list[float], wds: list[float], seeds: list
             "environment": speed.environment()}
 
 
+def mean_beta1(rec: dict | None) -> float:
+    """Mean over layers and evaluations (after step 0) of the β₁ a run recorded.
+
+    The record keeps β₁ of the first final seed at the chosen learning rate;
+    nan when the run has none.
+    """
+    layers = ((rec or {}).get("beta1") or {}).get("layers") or {}
+    values = [v for vs in layers.values() for v in vs[1:] if v is not None]
+    return float(np.mean(values)) if values else math.nan
+
+
 def _first_reach(steps: list[int], curve: np.ndarray, target: float) -> int | None:
     hit = [s for s, v in zip(steps, curve) if np.isfinite(v) and v <= target]
     return hit[0] if hit else None

@@ -32,10 +32,11 @@ from stam_optimizer.benchmarks.files import write_json
 # Bytes moved per parameter by one update in float32, counted from the update
 # rules of docs/math.md: AdamW reads p, g, m, v and writes p, m, v; STAM needs a statistics
 # read of g and μ first; STAMLite a statistics read of g, then g, μ, p in and
-# μ, p out; AdamS reads p, g, m and writes p, m.
+# μ, p out; AdamS reads p, g, m and writes p, m. The energy signal reads the
+# same for STAM (its two sums read g, μ and g) and adds a read of μ for STAMLite.
 BYTES_PER_PARAM = {
-    "adamw": 28, "stam_full": 36, "stam_lite": 24, "stam_lite_bf16": 20, "stam_lite_int8": 18,
-    "adams": 20,
+    "adamw": 28, "stam_full": 36, "stam_full_energy": 36, "stam_lite": 24,
+    "stam_lite_energy": 28, "stam_lite_bf16": 20, "stam_lite_int8": 18, "adams": 20,
 }
 UPDATE_OPTIMIZERS = list(BYTES_PER_PARAM)
 

@@ -3,7 +3,7 @@
 A suite is a list of task names; the optimizers it runs default to the whole
 registry (`stam-bench full`) or `QUICK_OPTIMIZERS` plus `QUICK_EXTRA`
 (`stam-bench quick`), unless the suite names its own (the ablation). Special
-suites without tasks (smoke, memory, timing) and the lr x weight-decay sweep are
+suites without tasks (smoke, memory, timing, signal) and the lr x weight-decay sweep are
 run by `stam_optimizer.benchmarks.programme`.
 
 Targets (for steps-to-target) and minimum effect sizes were fixed from a pilot
@@ -60,7 +60,10 @@ class Suite:
     quick_optimizers: tuple[str, ...] | None = None  # quick and tiny sizes
 
 
-ABLATION = ("stam_full", "stam_lite", "stam_fixed", "stam_const_beta", "adamw")
+# stam_const_mean is STAM with a constant β₁ equal to the mean β₁ that stam_full
+# used on the same task: a job that runs after stam_full's (see programme.DEPENDENT).
+ABLATION = ("stam_full", "stam_full_energy", "stam_lite", "stam_lite_energy", "stam_fixed",
+            "stam_const_beta", "stam_const_mean", "adamw")
 # quick runs every suite with these ...
 QUICK_OPTIMIZERS = ("stam_full", "stam_lite", "adamw")
 # ... plus what a question of the issues needs: the long-horizon claim names NAdam,
@@ -79,7 +82,8 @@ SUITES: dict[str, Suite] = {
     "noisy_shift": Suite("shift plus gradient noise: recovery", ("noisy_shift",)),
     "sweep": Suite("learning rate x weight decay grid (decoupled-decay optimizers)",
                    ("nonstationary_mlp",)),
-    "ablation": Suite("does adaptivity matter? STAM vs its fixed-beta1 variants",
+    "ablation": Suite("does adaptivity matter? STAM, its energy-signal variant, fixed-beta1 "
+                      "variants (0.9, 0.81, STAM's own mean beta1)",
                       ("nonstationary_mlp", "long_horizon_mlp", "noisy_quadratic_high"),
                       optimizers=ABLATION),
     "long_horizon": Suite("long-horizon non-stationary MLP (four shifts)",
@@ -100,4 +104,6 @@ SUITES: dict[str, Suite] = {
                  quick_optimizers=gpt.QUICK_OPTIMIZERS),
     "memory": Suite("optimizer-state bytes per parameter and compiled step memory"),
     "timing": Suite("update and train-step timing (stam-bench speed)"),
+    "signal": Suite("what beta1 responds to: controlled gradient streams (noise up/down, "
+                    "sign flip, rotation, heavy tails, one sign, warmup, decay)"),
 }
