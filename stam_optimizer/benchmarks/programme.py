@@ -62,6 +62,8 @@ def optimizers_for(suite: str, task: str, size: str, chosen: Sequence[str] | Non
     s = SUITES[suite]
     if chosen:
         names = list(chosen)
+    elif size != "full" and s.quick_optimizers is not None:
+        names = list(s.quick_optimizers)
     elif s.optimizers is not None:
         names = list(s.optimizers)
     elif size == "full":
@@ -78,7 +80,8 @@ def plan(suites: Sequence[str], size: str, chosen: Sequence[str] | None = None) 
     jobs: list[Job] = []
     for suite in suites:
         kind = "sweep" if suite == "sweep" else "run"
-        for task in SUITES[suite].tasks:
+        s = SUITES[suite]
+        for task in s.quick_tasks if size != "full" and s.quick_tasks is not None else s.tasks:
             for name in optimizers_for(suite, task, size, chosen):
                 needs = [DEPENDENT[name]] if name in DEPENDENT and kind == "run" else []
                 if name in DEPENDENT and kind != "run":
@@ -101,7 +104,12 @@ def constant_beta1(job: Job, out: Path) -> tuple[str, float]:
 
 
 def sized(task: Task, size: str) -> Task:
-    return dataclasses.replace(task, lr_grid=GRIDS[size])
+    return task if task.fixed_grid else dataclasses.replace(task, lr_grid=GRIDS[size])
+
+
+def seeds_of(task: Task, size: str) -> tuple[list[int], list[int]]:
+    """(tuning seeds, final seeds): the task's own, else the size's."""
+    return task.seeds if task.seeds is not None else SEEDS[size]
 
 
 def is_done(job: Job, task: Task, out: Path, size: str) -> bool:
@@ -113,7 +121,7 @@ def is_done(job: Job, task: Task, out: Path, size: str) -> bool:
         lrs, wds, seeds = SWEEP[size]
         return rec.get("lrs") == list(lrs) and rec.get("wds") == list(wds) and \
             rec.get("seeds") == list(seeds)
-    tune, final = SEEDS[size]
+    tune, final = seeds_of(task, size)
     if job.optimizer in DEPENDENT:
         try:
             value = constant_beta1(job, out)[1]
@@ -121,8 +129,8 @@ def is_done(job: Job, task: Task, out: Path, size: str) -> bool:
             return False
         if (rec.get("constant_beta1") or {}).get("value") != value:
             return False
-    return rec["tuning"]["seeds"] == tune and rec["final"]["seeds"] == final and \
-        set(GRIDS[size]) <= set(rec["tuning"]["lrs"])
+    return rec["tuning"]["seeds"] == list(tune) and rec["final"]["seeds"] == list(final) and \
+        set(task.lr_grid) <= set(rec["tuning"]["lrs"])
 
 
 def run_job(job: Job, task: Task, out: Path, size: str) -> dict:
@@ -131,12 +139,12 @@ def run_job(job: Job, task: Task, out: Path, size: str) -> dict:
         rec = runner.sweep(task, job.optimizer, list(lrs), list(wds), seeds, size)
     elif job.optimizer in DEPENDENT:
         name, value = constant_beta1(job, out)
-        rec = runner.tune_and_run(task, name, *SEEDS[size], size)
+        rec = runner.tune_and_run(task, name, *seeds_of(task, size), size)
         rec["optimizer"] = job.optimizer
         rec["constant_beta1"] = {"value": value, "from": DEPENDENT[job.optimizer],
                                  "registry_name": name}
     else:
-        rec = runner.tune_and_run(task, job.optimizer, *SEEDS[size], size)
+        rec = runner.tune_and_run(task, job.optimizer, *seeds_of(task, size), size)
     files.write_json(str(job.path(out)), rec)
     return rec
 

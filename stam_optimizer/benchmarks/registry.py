@@ -40,7 +40,12 @@ OPTIMIZERS: dict[str, Factory] = {
     "adagrad": lambda lr, wd=WD: optax.adagrad(lr),
     "lion": lambda lr, wd=WD: optax.lion(lr, weight_decay=wd),
     "adams": lambda lr, wd=WD: so.adams(lr, weight_decay=wd),
+    "adafactor": lambda lr, wd=WD: optax.adafactor(lr),
+    "muon": lambda lr, wd=WD: optax.contrib.muon(lr, weight_decay=wd),
 }
+# Schedule-free AdamW is not here: its update is not `lr * update_at_lr_1` (the
+# learning rate weights its iterate average), which the runner relies on; the gpt
+# suite, which builds each optimizer at its traced learning rate, runs it.
 
 DECOUPLED_WD = ("stam_full", "stam_full_bf16", "stam_full_energy", "stam_lite",
                 "stam_lite_energy", "stam_lite_bf16", "stam_lite_int8", "stam_fixed",

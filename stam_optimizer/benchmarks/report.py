@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from stam_optimizer.benchmarks import plots, signal_report
+from stam_optimizer.benchmarks import gpt_report, plots, signal_report
 from stam_optimizer.benchmarks.claims import (
     ALPHA,
     POWER,
@@ -407,6 +407,10 @@ def _forest(ctx: _Context) -> list[str]:
                     "then the peers.", "", *_image(path, "forest")]
 
 
+def _gpt(ctx: _Context) -> list[str]:
+    return gpt_report.section(ctx.tasks, ctx.out_dir, ctx.baseline)
+
+
 def _claims(ctx: _Context) -> list[str]:
     return claims_section(ctx.tasks, ctx.sweeps)
 
@@ -544,7 +548,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                    compare_to_baseline(tasks, baseline))
     lines: list[str] = []
     for section in (_header, _headline, _claims, _per_task, _forest, _int8, _ablation,
-                    _signal, _profile, _sweep_maps, _memory, _speed):
+                    _signal, _gpt, _profile, _sweep_maps, _memory, _speed):
         lines += section(ctx)
     path = out / "report.md"
     write_atomic(path, (re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip() + "\n").encode())

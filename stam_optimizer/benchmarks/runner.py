@@ -27,6 +27,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from stam_optimizer.benchmarks import registry, speed
 from stam_optimizer.benchmarks.task import Task
@@ -60,13 +61,17 @@ def build(task: Task, name: str, sweep_wd: bool = False):
     mean training loss of each evaluation interval (index 0: the first batch),
     and `beta1` (runs, evals+1, leaves) for STAM-family optimizers.
     """
-    tx = registry.get(name, 1.0, 0.0) if sweep_wd else registry.get(name, 1.0)
-    track_beta1 = has_beta1(name)
+    own = task.make_optimizer is not None
+    tx_lr1 = None if own else registry.get(name, 1.0, 0.0 if sweep_wd else registry.WD)
+    track_beta1 = bool(find_states(jax.eval_shape(
+        lambda: task.make_optimizer(name, 1.0).init(task.init(jax.random.key(0)))))) \
+        if own else has_beta1(name)
     n_chunks = task.steps // task.eval_every
 
     def one(lr, wd, seed):
         k_init, k_data, k_noise = jax.random.split(jax.random.key(seed), 3)
         params = task.init(k_init)
+        tx = task.make_optimizer(name, lr) if own else tx_lr1
         state = tx.init(params)
 
         def train_step(carry, t):
@@ -79,14 +84,17 @@ def build(task: Task, name: str, sweep_wd: bool = False):
                 grads = tdef.unflatten([g + task.grad_noise * jax.random.normal(k, g.shape)
                                         for g, k in zip(leaves, keys)])
             updates, state = tx.update(grads, state, params)
-            if sweep_wd:
+            if own:
+                params = optax.apply_updates(params, updates)
+            elif sweep_wd:
                 params = jax.tree.map(lambda p, u: p + lr * (u - wd * p), params, updates)
             else:
                 params = jax.tree.map(lambda p, u: p + lr * u, params, updates)
             return (params, state), value
 
         def observe(params, state, step):
-            obs = {f"metrics/{k}": v for k, v in task.evaluate(params, step).items()}
+            at = task.eval_params(name, params, state) if task.eval_params else params
+            obs = {f"metrics/{k}": v for k, v in task.evaluate(at, step).items()}
             if track_beta1:
                 obs["beta1"] = jnp.stack(jax.tree.leaves(tree_beta1(state, params)))
             return obs
@@ -200,7 +208,10 @@ def tune_and_run(task: Task, name: str, tune_seeds: list[int], final_seeds: list
         "steps_to_target": [_first_reach(steps, c, task.target) for c in target_curve],
     }
     rec["lr_sensitivity"] = {"lrs": lrs, "final_seed_metric": _clean(final[task.metric][:, 0,
-                                                                                          nt:])}
+                                                                                          nt:]),
+                             "train_loss": _clean(out["train_loss"][:, 0, nt:])}
+    if f"metrics/{task.metric}" in out:  # ℓ₀ per final seed (the same at every lr)
+        rec["lr_sensitivity"]["start_metric"] = _clean(out[f"metrics/{task.metric}"][0, 0, nt:, 0])
     if "beta1" in out:
         params = jax.eval_shape(task.init, jax.random.key(0))
         b1 = out["beta1"][best, 0, nt]  # first final seed: (evals+1, leaves)
@@ -210,6 +221,8 @@ def tune_and_run(task: Task, name: str, tune_seeds: list[int], final_seeds: list
                             or not np.isfinite(fin[task.metric][i]))
                        for i in range(len(final_seeds))]
     rec["timing"] = {"compile_s": compile_s, "run_s": run_s}
+    if task.record is not None:
+        rec["measured"] = task.record(name)
     rec["environment"] = speed.environment()
     return rec
 

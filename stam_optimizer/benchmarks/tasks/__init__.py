@@ -15,8 +15,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from stam_optimizer.benchmarks import registry
 from stam_optimizer.benchmarks.task import Config, Task
-from stam_optimizer.benchmarks.tasks import convex, language, nonstationary, quadratic, real_data
+from stam_optimizer.benchmarks.tasks import (
+    convex,
+    gpt,
+    language,
+    nonstationary,
+    quadratic,
+    real_data,
+)
 
 TASKS: dict[str, Callable[[Config], Task]] = {
     "linear_regression": convex.linear_regression,
@@ -39,6 +47,7 @@ TASKS: dict[str, Callable[[Config], Task]] = {
     "fashion_mnist_cnn": real_data.fashion_mnist_cnn,
     "cifar10_mlp": real_data.cifar10_mlp,
     "cifar10_cnn": real_data.cifar10_cnn,
+    **gpt.TASKS,
 }
 
 
@@ -47,6 +56,8 @@ class Suite:
     description: str
     tasks: tuple[str, ...] = ()
     optimizers: tuple[str, ...] | None = None  # None: the size's default set
+    quick_tasks: tuple[str, ...] | None = None  # quick and tiny sizes (None: `tasks`)
+    quick_optimizers: tuple[str, ...] | None = None  # quick and tiny sizes
 
 
 # stam_const_mean is STAM with a constant β₁ equal to the mean β₁ that stam_full
@@ -84,6 +95,13 @@ SUITES: dict[str, Suite] = {
     "images": Suite("MNIST, Fashion-MNIST, CIFAR-10 from --data-dir (MLP and CNN)",
                     ("mnist_mlp", "mnist_cnn", "fashion_mnist_mlp", "fashion_mnist_cnn",
                      "cifar10_mlp", "cifar10_cnn")),
+    "gpt": Suite("small GPTs with warmup + cosine: LR sensitivity, loss spikes, memory",
+                 tuple(v.name for v in gpt.VARIANTS),
+                 # the signal variants join where the registry has them
+                 optimizers=tuple(n for n in gpt.OPTIMIZERS if n in registry.OPTIMIZERS
+                                  or n == "schedule_free_adamw"),
+                 quick_tasks=tuple(v.name for v in gpt.QUICK_VARIANTS),
+                 quick_optimizers=gpt.QUICK_OPTIMIZERS),
     "memory": Suite("optimizer-state bytes per parameter and compiled step memory"),
     "timing": Suite("update and train-step timing (stam-bench speed)"),
     "signal": Suite("what beta1 responds to: controlled gradient streams (noise up/down, "

@@ -114,6 +114,70 @@ def transformer(vocab: int, d: int, layers: int, heads: int,
     return init, apply
 
 
+def layer_norm(x, gain, eps: float = 1e-5):
+    """LayerNorm over the last axis with a gain and no bias:
+    `gain * (x - mean) / sqrt(var + eps)`."""
+    return gain * (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + eps)
+
+
+def gpt(vocab: int, d: int, layers: int, heads: int, seq: int,
+        qk_norm: bool = False) -> tuple[Callable, Callable]:
+    """GPT decoder: pre-LayerNorm blocks without biases, learned positions,
+    untied input embedding and output head. `apply(params, tokens)` returns
+    next-token logits (batch, time, vocab).
+
+    Block: `x += proj(attn(LN(x)))`, `x += down(gelu(up(LN(x))))`; causal
+    softmax attention with scores `q·k / sqrt(d_head)`. With `qk_norm`, queries
+    and keys are layer-normalised over each head's features (with a learned
+    gain) before the scores (Dehghani et al. 2023; Wortsman et al. 2023). Init:
+    embeddings N(0, 0.02²), matrices N(0, 1/fan_in) with the residual outputs
+    (proj, down) further divided by sqrt(2·layers), the head N(0, 1/d²) so that
+    the initial loss is close to log(vocab).
+    """
+    if d % heads:
+        raise ValueError(f"d ({d}) must be a multiple of heads ({heads})")
+    dh = d // heads
+
+    def init(key):
+        ks = iter(jax.random.split(key, 3 + 4 * layers))
+        nrm = lambda s, scale: jax.random.normal(next(ks), s) * scale  # noqa: E731
+        res = (2 * layers) ** -0.5
+        blocks = []
+        for _ in range(layers):
+            blk = {"ln1": jnp.ones(d), "ln2": jnp.ones(d), "qkv": nrm((d, 3 * d), d**-0.5),
+                   "proj": nrm((d, d), d**-0.5 * res), "up": nrm((d, 4 * d), d**-0.5),
+                   "down": nrm((4 * d, d), (4 * d) ** -0.5 * res)}
+            if qk_norm:
+                blk |= {"q_ln": jnp.ones(dh), "k_ln": jnp.ones(dh)}
+            blocks.append(blk)
+        return {"embed": nrm((vocab, d), 0.02), "pos": nrm((seq, d), 0.02), "blocks": blocks,
+                "ln_f": jnp.ones(d), "head": nrm((d, vocab), 1.0 / d)}
+
+    mask = np.tril(np.ones((seq, seq), bool))
+
+    def apply(params, tokens):
+        b, t = tokens.shape
+        x = params["embed"][tokens] + params["pos"][:t]
+        for blk in params["blocks"]:
+            q, k, v = jnp.split(layer_norm(x, blk["ln1"]) @ blk["qkv"], 3, axis=-1)
+            q, k, v = (a.reshape(b, t, heads, dh) for a in (q, k, v))
+            if qk_norm:
+                q, k = layer_norm(q, blk["q_ln"]), layer_norm(k, blk["k_ln"])
+            att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(dh)
+            att = jax.nn.softmax(jnp.where(mask[:t, :t], att, -1e9), axis=-1)
+            x = x + jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, t, d) @ blk["proj"]
+            x = x + jax.nn.gelu(layer_norm(x, blk["ln2"]) @ blk["up"]) @ blk["down"]
+        return layer_norm(x, params["ln_f"]) @ params["head"]
+
+    return init, apply
+
+
+def z_loss(logits, weight: float = 1e-4):
+    """The output-logit regulariser `weight * mean(log² Z)`, Z = sum(exp(logits))
+    over the last axis (PaLM; Wortsman et al. 2023)."""
+    return weight * jnp.mean(jax.nn.logsumexp(logits, axis=-1) ** 2)
+
+
 def index(key, shape, n: int):
     """Uniform integers in [0, n): one draw of random bits, cheaper to compile than
     `jax.random.randint` (the modulo bias, below n / 2**32, is irrelevant here)."""
