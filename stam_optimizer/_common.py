@@ -152,6 +152,9 @@ def tensor_sums(
     """
     n = len(gs)
     args = [[gs[i], *(o[i] for o in others)] for i in range(n)]
+    # A leaf sharded on an Explicit-axis mesh cannot be flattened (or joined to
+    # others) freely under the sharding-in-types rules; it is reduced in place.
+    flat_ok = [not any(explicitly_sharded(x) for x in a) for a in args]
 
     def fast_sums():
         cols: list[list[jax.Array]] = [[] for _ in fns]
@@ -162,6 +165,12 @@ def tensor_sums(
                 continue
             carry = tuple(args[i])
             size = args[i][0].size
+            if size < SMALL_SUM and not flat_ok[i]:  # one reduction, over all axes
+                rows = [f(*(x.astype(dtype) for x in carry)) for f in fns]
+                totals = jnp.sum(jnp.stack(rows), axis=tuple(range(1, carry[0].ndim + 1)))
+                for k, col in enumerate(cols):
+                    col.append(totals[k])
+                continue
             if size < SMALL_SUM:  # all sums of a small leaf in one reduction
                 width = size if size < 64 else max(size, -(-SMALL_SUM // len(fns)))
                 rows = [jnp.pad(f(*(x.astype(dtype) for x in carry)).reshape(-1),
@@ -202,9 +211,13 @@ def tensor_sums(
         # leaves (kept few kernels for the compiler): one flat vector, one
         # segment sum per statistic.
         sums = [[jnp.zeros((), dtype)] * n for _ in fns]
-        small = [i for i in range(n) if 0 < args[i][0].size < SMALL_SUM]
+        small = [i for i in range(n) if 0 < args[i][0].size < SMALL_SUM and flat_ok[i]]
         for i in range(n):
-            if args[i][0].size >= SMALL_SUM:
+            if args[i][0].size and not flat_ok[i]:
+                leaf = chunk_sums(args[i])  # not flattened, so not chunked either
+                for k in range(len(fns)):
+                    sums[k][i] = leaf[k]
+            elif args[i][0].size >= SMALL_SUM:
                 leaf = leaf_sums(args[i])
                 for k in range(len(fns)):
                     sums[k][i] = leaf[k]
@@ -230,6 +243,22 @@ def tensor_sums(
     totals = jax.lax.cond(finite, lambda: fast, sanitized_sums)
     args, totals = jax.lax.optimization_barrier((args, totals))
     return totals, [a[0] for a in args], [[a[k + 1] for a in args] for k in range(len(others))]
+
+
+def explicitly_sharded(x: jax.Array) -> bool:
+    """True when the type of `x` carries a sharding over an Explicit mesh axis
+    (then flattening it, for instance, needs an output sharding)."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec, mesh = getattr(sharding, "spec", None), getattr(sharding, "mesh", None)
+    if spec is None or mesh is None or not getattr(mesh, "axis_names", ()):
+        return False
+    explicit = {name for name, kind in zip(mesh.axis_names, mesh.axis_types)
+                if kind == jax.sharding.AxisType.Explicit}
+    for entry in tuple(spec):
+        names = entry if isinstance(entry, tuple) else (entry,)
+        if any(name in explicit for name in names if name is not None):
+            return True
+    return False
 
 
 def store(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -374,3 +403,13 @@ def check_learning_rate(learning_rate: Any) -> None:
 def check_weight_decay(weight_decay: Any) -> None:
     """Raises ValueError for a negative (or NaN) constant weight decay."""
     check_range("weight_decay", weight_decay, 0.0)
+
+
+def is_boxed(x: Any) -> bool:
+    """True for a flax `nnx.Variable`-like box around an array."""
+    return hasattr(x, "get_value") and not isinstance(x, (jax.Array, np.ndarray))
+
+
+def unbox(x: Any) -> Any:
+    """Returns the array inside a flax Variable-like box, or `x` itself."""
+    return x.get_value() if is_boxed(x) else x

@@ -134,22 +134,41 @@ def test_two_processes_match_one_process(tmp_path):
     assert "loss" in r1.stdout and "optimizer state" in r1.stdout
 
 
-INT8_LEAVES = {  # shape, spec, the expected μ layout: block size, or None for float32
-    "w": ((64, 256), P("fsdp"), 256),  # shards of 2048 elements: blocks of 256
-    "v": ((800, 60), P("fsdp"), 250),  # shards of 6000: largest divisor <= 256
-    "c": ((64, 128), P(None, "fsdp"), None),  # columns sharded: stays float32
-    "t": ((8, 600), P("fsdp"), 200),  # shards of 600: blocks of 200
-    "s": ((8 * 1009,), P("fsdp"), None),  # shards of 1009 (prime): float32
-    "b": ((1200,), P(), 256),  # replicated: the plain layout, replicated
+# shape, spec, and the codes' spec the global layout gives (None: stays float32).
+# Blocks tile the last axis (quantize.layout), so sharding a leading axis is
+# always aligned, and sharding the last axis is aligned when its blocks split
+# evenly over the devices without padding.
+INT8_LEAVES = {
+    "w": ((64, 256), P("fsdp"), P("fsdp", None, None)),  # FSDP: rows of 1 block
+    "v": ((800, 60), P("fsdp"), P("fsdp", None, None)),  # FSDP: rows of 1 block of 60
+    "t": ((8, 600), P("fsdp"), P("fsdp", None, None)),  # FSDP: 3 blocks of 200 per row
+    "tp": ((8, 4096), P(None, "fsdp"), P(None, "fsdp", None)),  # TP: 16 blocks, 2 per device
+    "e": ((2048,), P("fsdp"), P("fsdp", None)),  # a vector: 8 blocks of 256, 1 per device
+    "c": ((64, 128), P(None, "fsdp"), P(None, None, None)),  # TP, 1 block/row: replicated
+    "s": ((8 * 1009,), P("fsdp"), P(None, None)),  # 32 blocks of 253, padded: replicated
+    "b": ((1200,), P(), P(None, None)),  # replicated param: replicated codes
+    "small": ((8, 8), P("fsdp"), None),  # under min_quantized_size: float32, like the param
 }
 
 
 def _int8(block=256):
-    return so.stam_lite(1e-2, state_dtype="int8", min_quantized_size=1000, block_size=block)
+    return so.stam_lite(1e-2, state_dtype="int8", min_quantized_size=100, block_size=block)
 
 
-def test_int8_blocks_tile_shards_and_match_single_device():
-    mesh = _mesh()
+def _norm(spec, n):
+    """`spec` with trailing None entries, to compare equivalent specs."""
+    return tuple(spec) + (None,) * (n - len(tuple(spec)))
+
+
+def _codes_fraction(spec):
+    """Fraction of the codes each of the 8 devices holds under `spec`."""
+    return 1 / 8 if "fsdp" in tuple(spec) else 1
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
+def test_int8_layout_is_global_and_blocks_tile_shards(axis_type):
+    assert jax.device_count() == 8, "conftest.py asks XLA for 8 CPU devices"
+    mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(axis_type,))
     rng = np.random.default_rng(1)
     params = {k: rng.normal(size=s).astype(np.float32) for k, (s, _, _) in INT8_LEAVES.items()}
     grads = [{k: (rng.normal(size=v.shape) + 0.3).astype(np.float32) for k, v in params.items()}
@@ -160,24 +179,40 @@ def test_int8_blocks_tile_shards_and_match_single_device():
                 for k, v in tree.items()}
 
     tx = _int8()
-    (mu0,) = [s.mu for s in so.find_states(tx.init(place(params)))]
-    sharded, state = _train(tx, params, grads, place)
-    (mu,) = [s.mu for s in so.find_states(state)]
-    for k, (_, spec, block) in INT8_LEAVES.items():
-        for leaf in (mu0[k], mu[k]):  # as built by init, and after 12 donated steps
-            if block is None:
-                assert leaf.dtype == jnp.float32 and leaf.sharding.spec == spec, k
+    plain = tx.init(jax.tree.map(jnp.asarray, params))  # one device, unsharded
+    with jax.set_mesh(mesh):
+        eager = tx.init(place(params))
+        jitted = jax.jit(tx.init)(place(params))
+        sharded, state = _train(tx, params, grads, place)
+    # The same layout whatever the sharding and whether init is traced.
+    for other in (eager, jitted, state):
+        assert jax.tree.structure(other) == jax.tree.structure(plain)
+        assert [x.shape for x in jax.tree.leaves(other)] == \
+            [x.shape for x in jax.tree.leaves(plain)]
+    mus = [so.find_states(x)[0].mu for x in (eager, jitted, state)]
+    for k, (shape, _spec, codes_spec) in INT8_LEAVES.items():
+        for which, mu in zip(("eager", "jitted", "trained"), mus):
+            leaf = mu[k]
+            if codes_spec is None:
+                assert leaf.dtype == jnp.float32 and leaf.shape == shape, k
                 continue
             assert isinstance(leaf, qz.QuantizedArray), k
-            assert leaf.codes.dtype == jnp.uint8 and leaf.codes.shape[1] == block, k
-            for arr in leaf:
-                per_device = arr.addressable_shards[0].data.nbytes
-                assert per_device * (8 if spec == P("fsdp") else 1) == arr.nbytes, k
-                assert arr.sharding.is_fully_replicated == (spec == P()), k
-        # Tensors are independent in STAMLite: one leaf alone on one device, in the
-        # same layout, is the reference.
-        alone, _ = _train(_int8(block or 256) if block else so.stam_lite(1e-2),
-                          {k: params[k]}, [{k: g[k]} for g in grads],
-                          lambda t: jax.tree.map(jnp.asarray, t))
-        a, b = np.asarray(alone[k], np.float64), np.asarray(sharded[k], np.float64)
+            assert leaf.codes.shape == (*shape[:-1], *qz.layout(shape)), k
+            per_device = leaf.codes.addressable_shards[0].data.nbytes
+            scales = leaf.scales.addressable_shards[0].data.nbytes
+            if which == "jitted" and axis_type == AxisType.Auto:
+                continue  # placed by XLA (as optax's own states are): layout checked only
+            if which == "trained" and axis_type == AxisType.Auto:
+                # XLA places the outputs of a jitted step on an Auto mesh; starting
+                # from init's placement it may shard further (within blocks), never less.
+                assert per_device <= leaf.codes.nbytes * _codes_fraction(codes_spec), k
+                continue
+            assert _norm(leaf.codes.sharding.spec, 3) == _norm(codes_spec, 3), (k, which)
+            assert per_device == leaf.codes.nbytes * _codes_fraction(codes_spec), (k, which)
+            assert scales == leaf.scales.nbytes * _codes_fraction(codes_spec), (k, which)
+    # Tensors are independent in STAMLite, and the layout is global: the
+    # unsharded run on one device is the reference.
+    single, _ = _train(tx, params, grads, lambda t: jax.tree.map(jnp.asarray, t))
+    for k in INT8_LEAVES:
+        a, b = np.asarray(single[k], np.float64), np.asarray(sharded[k], np.float64)
         assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(a)), k
