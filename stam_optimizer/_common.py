@@ -357,29 +357,32 @@ def with_decay_and_lr(
         learning_rate: optax.ScalarOrSchedule,
         weight_decay: optax.ScalarOrSchedule,
         mask: Any | Callable[[optax.Params], Any] | None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Chains a direction with decoupled weight decay and the learning rate.
 
     `θ ← θ − lr·(u + λ·θ)`, written as optax updates that are added to params.
-    A weight decay that is exactly 0 is left out, so that `params` is optional.
+    The state always has the three entries of `optax.adamw`'s (direction, decay,
+    learning rate), whatever `weight_decay` is; a weight decay that is exactly 0
+    is a pass-through with the decay's state, so that `params` is optional then.
+    Extra keyword arguments of `update` (such as `value=loss`) are accepted.
     """
     wd = concrete_float(weight_decay)
-    parts = [direction]
-    if wd is None or wd != 0.0:
-        parts.append(optax.add_decayed_weights(weight_decay, mask))
-    parts.append(optax.scale_by_learning_rate(learning_rate))
-    tx = optax.chain(*parts)
-    needs_params = len(parts) == 3
+    decay = optax.add_decayed_weights(weight_decay, mask)
+    needs_params = wd is None or wd != 0.0
+    if not needs_params:
+        decay = optax.GradientTransformationExtraArgs(
+                decay.init, lambda updates, state, params=None, **extra: (updates, state))
+    tx = optax.chain(direction, decay, optax.scale_by_learning_rate(learning_rate))
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
         if needs_params and params is None:
             raise ValueError(
                     f"weight_decay={weight_decay!r} needs the current parameters: call"
                     " update(grads, state, params), or set weight_decay=0"
             )
-        return tx.update(updates, state, params)
+        return tx.update(updates, state, params, **extra_args)
 
-    return optax.GradientTransformation(tx.init, update_fn)
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 def one_minus_pow(decay: Any, count: jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -413,3 +416,19 @@ def is_boxed(x: Any) -> bool:
 def unbox(x: Any) -> Any:
     """Returns the array inside a flax Variable-like box, or `x` itself."""
     return x.get_value() if is_boxed(x) else x
+
+
+def check_real(name: str, tree: Any) -> None:
+    """Raises TypeError naming the dtype when `tree` holds a complex leaf.
+
+    The per-tensor statistics and β₁ rules are defined for real tensors; a
+    complex one is refused instead of being trained to a wrong point.
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                    f"{name}: complex parameters are not supported, got dtype {dtype} at"
+                    f" {jax.tree_util.keystr(path) or 'the root'}; optimise the real and"
+                    " imaginary parts as two real parameters"
+            )

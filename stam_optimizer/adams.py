@@ -31,7 +31,7 @@ def scale_by_adams(
     b2: float = 0.95,
     eps: float = 1e-8,
     mu_dtype: Any | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Rescales updates by AdamS's direction `u = m / (√v + eps)`.
 
     Per element, with `g` the gradient (non-finite entries replaced by 0)::
@@ -61,6 +61,7 @@ def scale_by_adams(
     mu_dtype = c.resolve_dtype("mu_dtype", mu_dtype, c.FLOAT_STATE_DTYPES)
 
     def init_fn(params):
+        c.check_real("scale_by_adams", params)
         return ScaleByAdamsState(m=c.zeros_like_tree(params, mu_dtype))
 
     def leaf_update(g, m_prev):
@@ -79,14 +80,15 @@ def scale_by_adams(
         u = m_new / (jnp.sqrt(v) + eps)
         return u, m
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args  # accepted as optax's transformations do (e.g. value=loss)
+        c.check_real("scale_by_adams", updates)
         treedef = jax.tree.structure(updates)
         us, (ms,) = c.map_leaves(leaf_update, treedef.flatten_up_to(updates),
                                  [treedef.flatten_up_to(state.m)], ())
         return treedef.unflatten(us), ScaleByAdamsState(m=treedef.unflatten(ms))
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def adams(
@@ -97,7 +99,7 @@ def adams(
     weight_decay: optax.ScalarOrSchedule = 0.1,
     mu_dtype: Any | None = None,
     mask: Any | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""AdamS optimizer: `scale_by_adams`, decoupled weight decay, learning rate.
 
     Updates are added to params: `θ ← θ − lr·(u + λ·θ)`.

@@ -62,7 +62,7 @@ def scale_by_stam(
     fallback_threshold: float = 100.0,
     b1_min: float | None = None,
     mu_dtype: Any | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Rescales updates by STAM's direction `u = μ̂ / (√ν̂ + eps)`.
 
     Per tensor, with `t` the step count before this update and `g` the gradient
@@ -93,7 +93,7 @@ def scale_by_stam(
         dtype); default: each param's own dtype, as `optax.adamw`.
 
     Returns:
-      An `optax.GradientTransformation` whose updates are in the gradients' dtype.
+      An `optax.GradientTransformationExtraArgs` whose updates are in the gradients' dtype.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -111,6 +111,7 @@ def scale_by_stam(
         b1_min = c.default_b1_min(b1_base, alpha)
 
     def init_fn(params):
+        c.check_real("scale_by_stam", params)
         leaves = jax.tree.leaves(params)
         n, dt = len(leaves), c.stat_dtype(leaves)
         return ScaleByStamState(
@@ -123,8 +124,9 @@ def scale_by_stam(
             beta1_prod=c.vector(n, 1.0, dt, leaves),
         )
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args  # accepted as optax's transformations do (e.g. value=loss)
+        c.check_real("scale_by_stam", updates)
         treedef = jax.tree.structure(updates)
         gs = treedef.flatten_up_to(updates)
         mus, nus = treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
@@ -172,7 +174,7 @@ def scale_by_stam(
                                      treedef.unflatten(nus), sigma2, tau, beta1, prod)
         return treedef.unflatten(us), new_state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def stam(
@@ -187,7 +189,7 @@ def stam(
     b1_min: float | None = None,
     mu_dtype: Any | None = None,
     mask: Any | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""STAM optimizer: `scale_by_stam`, decoupled weight decay, learning rate.
 
     Updates are added to params (optax convention): `θ ← θ − lr·(u + λ·θ)`.

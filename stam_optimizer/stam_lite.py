@@ -117,7 +117,7 @@ def scale_by_stam_lite(
     quantize_mask: Any | None = None,
     stochastic_rounding: bool = False,
     seed: int = 0,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Rescales updates by STAMLite's direction `u = μ̂ / (√b̂ + eps)`.
 
     Per tensor, with `t` the step count before this update, `ρ = moment_decay`,
@@ -208,6 +208,7 @@ def scale_by_stam_lite(
         return jax.tree.map(leaf, params, mask, is_leaf=c.is_boxed)
 
     def init_fn(params):
+        c.check_real("scale_by_stam_lite", params)
         leaves = jax.tree.leaves(params)
         n, dt = len(leaves), c.stat_dtype(leaves)
         return ScaleByStamLiteState(
@@ -219,8 +220,9 @@ def scale_by_stam_lite(
             beta1_prod=c.vector(n, 1.0, dt, leaves),
         )
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args  # accepted as optax's transformations do (e.g. value=loss)
+        c.check_real("scale_by_stam_lite", updates)
         treedef = jax.tree.structure(updates)
         gs = treedef.flatten_up_to(updates)
         mus = [_as_quantized(mu) for mu in treedef.flatten_up_to(state.mu)]
@@ -269,7 +271,7 @@ def scale_by_stam_lite(
                                          a, b, beta1, prod)
         return treedef.unflatten(us), new_state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def stam_lite(
@@ -289,7 +291,7 @@ def stam_lite(
     quantize_mask: Any | None = None,
     stochastic_rounding: bool = False,
     seed: int = 0,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""STAMLite optimizer: `scale_by_stam_lite`, decoupled weight decay, learning rate.
 
     Updates are added to params (optax convention): `θ ← θ − lr·(u + λ·θ)`.
