@@ -16,19 +16,14 @@ import optax
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+from optimizers_under_test import ALIASES, BASE, TRANSFORMS, alias, transform
 
 import stam_optimizer as so
 from stam_optimizer import quantize as qz
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"w1": (16, 12), "w2": (24, 40), "emb": (40, 8), "b": (13,), "odd": (5, 3), "s": ()}
-FACTORIES = {
-    "stam": lambda: so.stam(1e-2),
-    "stam_lite": lambda: so.stam_lite(1e-2),
-    "stam_lite_bf16": lambda: so.stam_lite(1e-2, state_dtype="bfloat16"),
-    "stam_lite_f16": lambda: so.stam_lite(1e-2, state_dtype="float16"),
-    "adams": lambda: so.adams(1e-2),
-}
+FACTORIES = ALIASES  # the shared list (tests/optimizers_under_test.py)
 
 
 def _mesh():
@@ -77,7 +72,7 @@ def test_sharded_matches_single_device_float32(name):
         assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(a)), k
 
 
-@pytest.mark.parametrize("name", ["stam", "stam_lite", "adams"])
+@pytest.mark.parametrize("name", BASE)  # float64 state: the float32-buffer optimizers
 def test_sharded_matches_single_device_float64(name):
     with jax.enable_x64(True):
         (p1, _), (p2, _) = _run_both(name, np.float64)
@@ -95,7 +90,12 @@ def test_state_is_sharded_like_params_and_scalars_replicated(name):
     buf = inner.mu if "mu" in inner._fields else inner.m
     for k, shape in SHAPES.items():
         leaf = buf[k]
-        assert leaf.sharding.spec == _spec(shape), k
+        if isinstance(leaf, qz.QuantizedArray):  # int8: the codes, laid out by the param
+            leaf = leaf.codes
+            assert leaf.shape == (*shape[:-1], *qz.layout(shape)), k
+            assert _norm(leaf.sharding.spec, 3) == _norm(_spec(shape), 3), k
+        else:
+            assert leaf.sharding.spec == _spec(shape), k
         shard_bytes = leaf.addressable_shards[0].data.nbytes
         if _spec(shape) == P("fsdp"):
             assert shard_bytes * 8 == leaf.nbytes, k  # 1/8 per device
@@ -215,4 +215,69 @@ def test_int8_layout_is_global_and_blocks_tile_shards(axis_type):
     single, _ = _train(tx, params, grads, lambda t: jax.tree.map(jnp.asarray, t))
     for k in INT8_LEAVES:
         a, b = np.asarray(single[k], np.float64), np.asarray(sharded[k], np.float64)
+        assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(a)), k
+
+
+# optax's sharding_test, on both mesh axis types: the state's types (shape,
+# dtype, sharding) are the same from init and from update, eagerly and jitted.
+ALL = {**{k: (lambda k=k: alias(k, 1.0)) for k in ALIASES},
+       **{k: (lambda k=k: transform(k)) for k in TRANSFORMS}}
+
+
+def _types(tree):
+    return jax.tree.map(jax.typeof, tree)
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
+@pytest.mark.parametrize("name", ALL)
+def test_state_sharding_type_init_match_update(name, axis_type):
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(axis_type,))
+    sharding = NamedSharding(mesh, P(None, "x"))
+    opt = ALL[name]()
+    with jax.set_mesh(mesh):
+        params = jax.device_put(jnp.zeros((2, 8, 4), dtype=jnp.float16), sharding)
+        state0 = opt.init(params)
+        _, state1 = opt.update(params, state0, params)
+        assert _types(state0) == _types(state1)
+        state2 = jax.jit(opt.init)(params)
+        assert _types(state2) == _types(state0)
+        _, state3 = jax.jit(opt.update)(params, state0, params)
+        assert _types(state3) == _types(state1)
+    if axis_type == AxisType.Explicit:
+        # the types carry the shardings: the param-shaped buffers are sharded like
+        # the param (int8 codes: (2, 8, 1, 4), whose sharded axis is a leading one)
+        specs = {tuple(t.sharding.spec)[:2] for t in jax.tree.leaves(_types(state0))
+                 if t.ndim >= 3}
+        assert specs == {(None, "x")}, specs
+
+
+# A param sharded along its last axis (tensor parallelism) of an Explicit-axis
+# mesh, a small one sharded the same way, a vector sharded on its only axis,
+# and a replicated one; the NaN path (a NaN gradient entry) too.
+EXPLICIT_LEAVES = {"w": ((512, 512), P(None, "x")), "c": ((8, 64), P(None, "x")),
+                   "v": ((64,), P("x")), "r": ((3, 5), P())}
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_explicit_mesh_with_non_leading_sharded_axes(name):
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    rng = np.random.default_rng(3)
+    params = {k: rng.normal(size=s).astype(np.float32) for k, (s, _) in EXPLICIT_LEAVES.items()}
+    grads = [{k: (rng.normal(size=v.shape) + 0.2).astype(np.float32) for k, v in params.items()}
+             for _ in range(4)]
+    grads[2]["w"][3, 7] = np.nan
+    grads[2]["c"][1, 1] = np.inf
+
+    def place(tree):
+        return {k: jax.device_put(v, NamedSharding(mesh, EXPLICIT_LEAVES[k][1]))
+                for k, v in tree.items()}
+
+    single, _ = _train(FACTORIES[name](), params, grads, lambda t: jax.tree.map(jnp.asarray, t))
+    with jax.set_mesh(mesh):
+        sharded, state = _train(FACTORIES[name](), params, grads, place)
+    for k in EXPLICIT_LEAVES:
+        assert sharded[k].sharding.spec == EXPLICIT_LEAVES[k][1] or \
+            _norm(sharded[k].sharding.spec, 2) == _norm(EXPLICIT_LEAVES[k][1], 2), k
+        a, b = np.asarray(single[k], np.float64), np.asarray(sharded[k], np.float64)
+        assert np.all(np.isfinite(b)), k
         assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(a)), k
