@@ -190,7 +190,12 @@ def codes_spec(spec: tuple, mesh: jax.sharding.Mesh, shape: tuple[int, ...],
 
 
 def _reshape(x: jax.Array, shape: tuple[int, ...], spec: jax.sharding.PartitionSpec | None):
-    return x.reshape(shape) if spec is None else jnp.reshape(x, shape, out_sharding=spec)
+    if spec is None:
+        return x.reshape(shape)
+    found = _explicit(x)
+    if found is not None:  # a NamedSharding works outside `jax.set_mesh` too
+        return jnp.reshape(x, shape, out_sharding=jax.sharding.NamedSharding(found[0], spec))
+    return jnp.reshape(x, shape, out_sharding=spec)
 
 
 def blocks(x: jax.Array, block_size: int = 256,
