@@ -82,6 +82,15 @@ def test_layout_depends_on_the_last_axis_only():
         qz.layout(())
 
 
+@pytest.mark.parametrize("shape", [(5, 3, 97), (4, 1, 16), (2, 2, 7), (3, 250), (3, 4, 33)])
+def test_block_absmax_matches_a_max_reduction(shape):
+    # Block widths that are, and are not, multiples of the 16-column groups.
+    x = jax.random.normal(jax.random.PRNGKey(0), shape).at[..., -1].set(9.0)
+    x = x.at[0, ..., 0].set(jnp.nan)  # NaN wins, as in jnp.max
+    got = qz.block_absmax(lambda lo, hi: x[..., lo:hi], shape[-1])
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.max(jnp.abs(x), axis=-1)))
+
+
 def test_code_map_table():
     codes = jnp.arange(256, dtype=jnp.int32).astype(jnp.uint8)[1:]  # code 0 is unused
     q = np.arange(-127, 128, dtype=np.float64)
