@@ -47,9 +47,11 @@ def _meshes(n):
     gives Explicit axes by default: the sharding is part of every type)."""
     devices = jax.devices()[:n]
     line = jax.make_mesh((n,), ("x",), devices=devices)
-    out = [("fsdp", line, lambda s: P("x") if s else P()),
-           ("tp", line, lambda s: P(None, "x") if len(s) == 2 else P()),
-           ("replicated", line, lambda s: P())]
+    out = [("fsdp", line, lambda s: P("x") if s else P())]
+    if n == 1:  # on one device every layout is the same placement
+        return out
+    out += [("tp", line, lambda s: P(None, "x") if len(s) == 2 else P()),
+            ("replicated", line, lambda s: P())]
     if n >= 4:
         grid = jax.make_mesh((2, n // 2), ("x", "y"), devices=devices)
         out.append(("2d", grid, lambda s: P("x", "y") if len(s) == 2 else
