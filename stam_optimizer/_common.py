@@ -93,6 +93,9 @@ def tensor_sums(
     """
     n = len(gs)
     args = [[gs[i], *(o[i] for o in others)] for i in range(n)]
+    # A leaf sharded on an Explicit-axis mesh cannot be flattened (or joined to
+    # others) freely under the sharding-in-types rules; it is reduced in place.
+    flat_ok = [not any(explicitly_sharded(x) for x in a) for a in args]
 
     def fast_sums():
         cols: list[list[jax.Array]] = [[] for _ in fns]
@@ -103,6 +106,12 @@ def tensor_sums(
                 continue
             carry = tuple(args[i])
             size = args[i][0].size
+            if size < SMALL_SUM and not flat_ok[i]:  # one reduction, over all axes
+                rows = [f(*(x.astype(dtype) for x in carry)) for f in fns]
+                totals = jnp.sum(jnp.stack(rows), axis=tuple(range(1, carry[0].ndim + 1)))
+                for k, col in enumerate(cols):
+                    col.append(totals[k])
+                continue
             if size < SMALL_SUM:  # all sums of a small leaf in one reduction
                 width = size if size < 64 else max(size, -(-SMALL_SUM // len(fns)))
                 rows = [jnp.pad(f(*(x.astype(dtype) for x in carry)).reshape(-1),
@@ -143,9 +152,13 @@ def tensor_sums(
         # leaves (kept few kernels for the compiler): one flat vector, one
         # segment sum per statistic.
         sums = [[jnp.zeros((), dtype)] * n for _ in fns]
-        small = [i for i in range(n) if 0 < args[i][0].size < SMALL_SUM]
+        small = [i for i in range(n) if 0 < args[i][0].size < SMALL_SUM and flat_ok[i]]
         for i in range(n):
-            if args[i][0].size >= SMALL_SUM:
+            if args[i][0].size and not flat_ok[i]:
+                leaf = chunk_sums(args[i])  # not flattened, so not chunked either
+                for k in range(len(fns)):
+                    sums[k][i] = leaf[k]
+            elif args[i][0].size >= SMALL_SUM:
                 leaf = leaf_sums(args[i])
                 for k in range(len(fns)):
                     sums[k][i] = leaf[k]
@@ -172,6 +185,22 @@ def tensor_sums(
     args, totals = jax.lax.optimization_barrier((args, totals))
     return (totals, [a[0] for a in args], [[a[k + 1] for a in args] for k in range(len(others))],
             flagged)
+
+
+def explicitly_sharded(x: jax.Array) -> bool:
+    """True when the type of `x` carries a sharding over an Explicit mesh axis
+    (then flattening it, for instance, needs an output sharding)."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec, mesh = getattr(sharding, "spec", None), getattr(sharding, "mesh", None)
+    if spec is None or mesh is None or not getattr(mesh, "axis_names", ()):
+        return False
+    explicit = {name for name, kind in zip(mesh.axis_names, mesh.axis_types)
+                if kind == jax.sharding.AxisType.Explicit}
+    for entry in tuple(spec):
+        names = entry if isinstance(entry, tuple) else (entry,)
+        if any(name in explicit for name in names if name is not None):
+            return True
+    return False
 
 
 def store(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -270,30 +299,33 @@ def with_decay_and_lr(
         learning_rate: optax.ScalarOrSchedule,
         weight_decay: optax.ScalarOrSchedule,
         mask: Any | Callable[[optax.Params], Any] | None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Chains a direction with decoupled weight decay and the learning rate.
 
     `θ ← θ − lr·(u + λ·θ)`, written as optax updates that are added to params.
-    A weight decay that is exactly 0 is left out, so that `params` is optional.
+    The state always has the three entries of `optax.adamw`'s (direction, decay,
+    learning rate), whatever `weight_decay` is; a weight decay that is exactly 0
+    is a pass-through with the decay's state, so that `params` is optional then.
+    Extra keyword arguments of `update` (such as `value=loss`) are accepted.
     """
     check_mask(mask)
     wd = concrete_float(weight_decay)
-    parts = [direction]
-    if wd is None or wd != 0.0:
-        parts.append(optax.add_decayed_weights(weight_decay, mask))
-    parts.append(optax.scale_by_learning_rate(learning_rate))
-    tx = optax.chain(*parts)
-    needs_params = len(parts) == 3
+    decay = optax.add_decayed_weights(weight_decay, mask)
+    needs_params = wd is None or wd != 0.0
+    if not needs_params:
+        decay = optax.GradientTransformationExtraArgs(
+                decay.init, lambda updates, state, params=None, **extra: (updates, state))
+    tx = optax.chain(direction, decay, optax.scale_by_learning_rate(learning_rate))
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
         if needs_params and params is None:
             raise ValueError(
                     f"weight_decay={weight_decay!r} needs the current parameters: call"
                     " update(grads, state, params), or set weight_decay=0"
             )
-        return tx.update(updates, state, params)
+        return tx.update(updates, state, params, **extra_args)
 
-    return optax.GradientTransformation(tx.init, update_fn)
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 def one_minus_pow(decay: Any, count: jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -325,3 +357,29 @@ def count_flagged(count: jax.Array, flagged: jax.Array) -> jax.Array:
     """`count + 1` where `flagged` (int32, saturating like `optax.safe_increment`)."""
     big = jnp.iinfo(jnp.int32).max
     return jnp.where(flagged & (count < big), count + 1, count).astype(jnp.int32)
+
+
+def is_boxed(x: Any) -> bool:
+    """True for a flax `nnx.Variable`-like box around an array."""
+    return hasattr(x, "get_value") and not isinstance(x, (jax.Array, np.ndarray))
+
+
+def unbox(x: Any) -> Any:
+    """Returns the array inside a flax Variable-like box, or `x` itself."""
+    return x.get_value() if is_boxed(x) else x
+
+
+def check_real(name: str, tree: Any) -> None:
+    """Raises TypeError naming the dtype when `tree` holds a complex leaf.
+
+    The per-tensor statistics and β₁ rules are defined for real tensors; a
+    complex one is refused instead of being trained to a wrong point.
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                    f"{name}: complex parameters are not supported, got dtype {dtype} at"
+                    f" {jax.tree_util.keystr(path) or 'the root'}; optimise the real and"
+                    " imaginary parts as two real parameters"
+            )

@@ -10,7 +10,6 @@ static shapes only, so they cost nothing in the compiled update.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -231,13 +230,23 @@ def as_arrays(tree: Any) -> Any:
     return jax.tree.map(convert, tree)
 
 
+def _quantized(x: Any) -> QuantizedArray | None:
+    """`x` as a `QuantizedArray` when it is one, or a mapping of its two fields
+    (as `flax.nnx.Optimizer` stores it back); else None."""
+    if isinstance(x, QuantizedArray):
+        return x
+    if hasattr(x, "keys") and set(x.keys()) == set(QuantizedArray._fields):
+        return QuantizedArray(*(x[f] for f in QuantizedArray._fields))
+    return None
+
+
 def _is_slot(x: Any) -> bool:
-    return isinstance(x, QuantizedArray)
+    return _quantized(x) is not None
 
 
 def _is_buffer(x: Any) -> bool:
     """True for one leaf's state buffer: an array (a single pytree leaf) or int8 codes."""
-    if isinstance(x, QuantizedArray):
+    if _is_slot(x):
         return True
     treedef = jax.tree.structure(x)
     return treedef.num_leaves == 1 and treedef.num_nodes == 1
@@ -264,6 +273,7 @@ def grad_leaves(updates: Any, expected: Any, params: Any = None
     gs = treedef.flatten_up_to(updates)
     for i, (g, slot) in enumerate(zip(gs, slots)):
         got = tuple(np.shape(g))
+        slot = _quantized(slot) or slot
         want = _shape_in(params, treedef, i) if isinstance(slot, QuantizedArray) else None
         if want is not None:
             if got != want:
@@ -271,13 +281,15 @@ def grad_leaves(updates: Any, expected: Any, params: Any = None
                     f"grads{_path(updates, i)} has shape {got}, but the params have"
                     f" {want} (the leaf's int8 optimizer state keeps no shape of its own)")
         elif isinstance(slot, QuantizedArray):
-            block = slot.codes.shape[-1]
-            n_blocks = math.prod(slot.codes.shape[:-1])
-            if -(-math.prod(got) // block) != n_blocks:
+            # blocks tile the last axis: codes are (*got[:-1], n_blocks, block)
+            *lead, n_blocks, block = np.shape(slot.codes)
+            if (not got or tuple(lead) != got[:-1]
+                    or -(-got[-1] // n_blocks) != block):
                 raise ValueError(
-                    f"grads{_path(updates, i)} has shape {got} ({math.prod(got)} elements),"
-                    f" but its int8 optimizer state holds {n_blocks} blocks of {block}"
-                    f" elements: pass gradients shaped like the params given to init")
+                    f"grads{_path(updates, i)} has shape {got}, but its int8 optimizer"
+                    f" state holds rows of shape {tuple(lead)} with {n_blocks} blocks of"
+                    f" {block} elements each: pass gradients shaped like the params given"
+                    f" to init")
         elif got != tuple(np.shape(slot)):
             raise ValueError(
                 f"grads{_path(updates, i)} has shape {got}, but the optimizer state"

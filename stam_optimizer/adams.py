@@ -39,7 +39,7 @@ def scale_by_adams(
     b2: float = 0.95,
     eps: float = 1e-8,
     mu_dtype: Any | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Rescales updates by AdamS's direction `u = m / (√v + eps)`.
 
     Per element, with `g` the gradient (non-finite entries replaced by 0)::
@@ -70,6 +70,7 @@ def scale_by_adams(
 
     def init_fn(params):
         params = c.as_arrays(params)
+        c.check_real("scale_by_adams", params)
         leaves = jax.tree.leaves(params)
         return ScaleByAdamsState(m=c.zeros_like_tree(params, mu_dtype),
                                  nonfinite=c.vector(len(leaves), 0, jnp.int32, leaves))
@@ -90,15 +91,16 @@ def scale_by_adams(
         u = m_new / (jnp.sqrt(v) + eps)
         return u, m
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args  # accepted as optax's transformations do (e.g. value=loss)
         treedef, gs = c.grad_leaves(updates, state.m)
+        c.check_real("scale_by_adams", gs)
         flagged = c.nonfinite_sums(gs)
         us, (ms,) = c.map_leaves(leaf_update, gs, [treedef.flatten_up_to(state.m)], ())
         return treedef.unflatten(us), ScaleByAdamsState(
             m=treedef.unflatten(ms), nonfinite=c.count_flagged(state.nonfinite, flagged))
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def adams(
@@ -109,7 +111,7 @@ def adams(
     weight_decay: optax.ScalarOrSchedule = 0.1,
     mu_dtype: Any | None = None,
     mask: Any | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""AdamS optimizer: `scale_by_adams`, decoupled weight decay, learning rate.
 
     Updates are added to params: `θ ← θ − lr·(u + λ·θ)`.

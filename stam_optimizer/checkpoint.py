@@ -8,10 +8,11 @@ new mesh. `restore_targets` builds it from the new mesh's parameter shardings
 and `jax.eval_shape(opt.init, params)` (nothing is allocated):
 
 * param-shaped buffers (μ, ν, m) are sharded like their parameter;
-* int8 STAMLite momenta (`quantize.QuantizedArray`) have their codes and block
-  scales sharded along the block axis over the mesh axes of the parameter's
-  first axis, when the parameter is sharded along its first axis only and the
-  blocks divide evenly; otherwise they are replicated;
+* int8 STAMLite momenta (`quantize.QuantizedArray`, blocks tiling the last
+  axis) keep the parameter's spec on their leading axes; the parameter's
+  last-axis entry goes to the block axis when the blocks tile every shard, and
+  is dropped (replicated along that mesh axis) otherwise, as a fresh `init`
+  places them;
 * everything else (step counts, the 1-D vectors of per-tensor scalars) is
   replicated over the mesh.
 
@@ -85,23 +86,25 @@ def _replicated(params: Any) -> Sharding:
 
 
 def _quantized_shardings(q: qz.QuantizedArray, param_sharding: Sharding | None,
+                         param_shape: tuple[int, ...],
                          replicated: Sharding) -> qz.QuantizedArray:
-    """Shardings of the codes (n_blocks, block) and scales (n_blocks,) of one int8 μ."""
-    rep = qz.QuantizedArray(replicated, replicated)
+    """Shardings of the codes (..., n_blocks, block) and scales (..., n_blocks) of one
+    int8 μ: the param's spec on the leading axes; its last-axis entry on the block
+    axis when the blocks tile every shard, else replicated along it (as
+    `quantize.codes_spec` places a fresh state)."""
     if not isinstance(param_sharding, NamedSharding) or param_sharding.is_fully_replicated:
-        return rep
-    spec = tuple(param_sharding.spec)
-    lead = spec[0] if spec else None
-    if lead is None or any(entry is not None for entry in spec[1:]):
-        return rep
-    names = lead if isinstance(lead, tuple) else (lead,)
-    ways = math.prod(param_sharding.mesh.shape[a] for a in names)
-    if q.codes.shape[0] % ways:
-        return rep
-    # P(lead) for the 2-D codes too: the form jit gives its outputs, so a restored
-    # state and a stepped one hit the same compiled program.
-    along = NamedSharding(param_sharding.mesh, PartitionSpec(lead))
-    return qz.QuantizedArray(along, along)
+        return qz.QuantizedArray(replicated, replicated)
+    mesh = param_sharding.mesh
+    spec = tuple(param_sharding.spec) + (None,) * (len(param_shape) - len(param_sharding.spec))
+    n_blocks, block = q.codes.shape[-2:]
+    last = spec[-1]
+    if last is not None:
+        names = last if isinstance(last, tuple) else (last,)
+        ways = math.prod(mesh.shape[a] for a in names)
+        if n_blocks % ways or n_blocks * block != param_shape[-1]:
+            last = None
+    return qz.QuantizedArray(NamedSharding(mesh, PartitionSpec(*spec[:-1], last, None)),
+                             NamedSharding(mesh, PartitionSpec(*spec[:-1], last)))
 
 
 def state_shardings(opt: optax.GradientTransformation, params: Any) -> Any:
@@ -122,7 +125,8 @@ def state_shardings(opt: optax.GradientTransformation, params: Any) -> Any:
 
     def like_param(leaf: Any, param: Any) -> Any:
         if isinstance(leaf, qz.QuantizedArray):
-            return _quantized_shardings(leaf, _sharding_of(param), replicated)
+            return _quantized_shardings(leaf, _sharding_of(param), tuple(param.shape),
+                                        replicated)
         s = _sharding_of(param)
         if tuple(leaf.shape) == tuple(param.shape) and isinstance(s, Sharding):
             return s

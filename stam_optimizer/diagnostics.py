@@ -7,9 +7,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from stam_optimizer import _common as c
 from stam_optimizer.adams import ScaleByAdamsState
 from stam_optimizer.quantize import QuantizedArray
 from stam_optimizer.stam import ScaleByStamState
@@ -19,14 +19,8 @@ _STATES = (ScaleByStamState, ScaleByStamLiteState)
 _COUNTED = (ScaleByStamState, ScaleByStamLiteState, ScaleByAdamsState)
 
 
-def _is_boxed(x: Any) -> bool:
-    """True for a flax `nnx.Variable`-like box around an array."""
-    return hasattr(x, "get_value") and not isinstance(x, (jax.Array, np.ndarray))
-
-
-def _unbox(x: Any) -> Any:
-    """Returns the array inside a flax Variable-like box, or `x` itself."""
-    return x.get_value() if _is_boxed(x) else x
+_is_boxed = c.is_boxed
+_unbox = c.unbox
 
 
 def find_states(opt_state: Any) -> list[ScaleByStamState | ScaleByStamLiteState]:

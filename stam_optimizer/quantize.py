@@ -1,7 +1,12 @@
 """Blockwise 8-bit storage of a momentum buffer (square-law codes, float32 scales).
 
-A tensor is flattened, padded with zeros to whole blocks of `block` elements,
-and each block stored as one float32 scale `s` (its largest |x|) and one byte
+Blocks tile the last axis. A tensor of shape `(..., n)` is cut, row by row of
+its last axis, into `n_blocks = ceil(n / block_size)` blocks of
+`block = ceil(n / n_blocks)` elements (each row zero-padded at its end to
+`n_blocks·block`, less than `n_blocks` extra elements), so the codes have
+shape `(..., n_blocks, block)` and the scales `(..., n_blocks)`: the layout is
+a function of the global shape and `block_size` alone (see `layout`). Each
+block is stored as one float32 scale `s` (its largest |x|) and one byte
 per element. The byte holds an integer q in [-127, 127] as `q + 128` (code 0
 is unused) and decodes to `s·sign(q)·(q/127)²`; encoding rounds
 `127·sign(x)·√(|x|/s)` to the nearest integer. Zero is exact (code 128), a
@@ -9,6 +14,15 @@ block's largest entry is exact (q = ±127 decodes to ±s), an all-zero block has
 scale 0 and decodes to zeros, and the padded tail holds zeros. The error is at
 most `√(|x|·s)/127 + s/(4·127²)`: 0.8% of the block maximum at the top, finer
 towards zero; values below `s/254²` (1.6e-5·s) round to 0.
+
+Sharded tensors (see `codes_spec`): the codes keep the param's sharding on the
+leading axes, so sharding along any axis but the last (FSDP on axis 0 of a
+matrix) keeps every block inside one shard and each device holds 1/N of the
+codes and scales. Sharding the last axis over N devices (tensor parallelism on
+axis 1 of a matrix, FSDP of a vector) is aligned when `n_blocks` is a multiple
+of N and the row is not padded (`n` a multiple of `N·block`); otherwise the
+codes are replicated along that mesh axis (N times the state of that tensor
+per device) and XLA moves the gradient to that layout in every update.
 
 The code map was chosen by measurement (issue #5) from: the float8-e4m3 cast
 of `448·x/s` (the previous format), linear int8 (`round(127·x/s)`), and this
@@ -57,7 +71,8 @@ OFFSET = 128  # code of q = 0
 
 
 class QuantizedArray(NamedTuple):
-    """8-bit blockwise-quantised tensor: codes (n_blocks, block) uint8, scales (n_blocks,)."""
+    """8-bit blockwise-quantised tensor of shape `(..., n)`: codes `(..., n_blocks, block)`
+    uint8 and scales `(..., n_blocks)` float32 (see `layout`)."""
 
     codes: jax.Array
     scales: jax.Array
@@ -126,22 +141,83 @@ def encode_squares(z: jax.Array, key: jax.Array | None = None) -> jax.Array:
     return (jnp.where(z < 0, -q, q) + OFFSET).astype(jnp.uint8)
 
 
-def blocks(x: jax.Array, block: int) -> jax.Array:
-    """`x` flattened, zero-padded to whole blocks and viewed as (n_blocks, block)."""
-    flat = x.reshape(-1)
-    pad = (-flat.size) % block
+def layout(shape: tuple[int, ...], block_size: int = 256) -> tuple[int, int]:
+    """`(n_blocks, block)` of a tensor of `shape` (at least 1-D): the blocks of each
+    row of the last axis, `n_blocks = ceil(n / block_size)`, `block = ceil(n / n_blocks)`.
+
+    >>> layout((64, 512)), layout((8, 600)), layout((1009,)), layout((3, 40))
+    ((2, 256), (3, 200), (4, 253), (1, 40))
+    """
+    if len(shape) == 0:
+        raise ValueError("quantize: a 0-d tensor has no last axis to block; reshape it to (1,)")
+    n = shape[-1]
+    n_blocks = max(1, -(-n // block_size))
+    return n_blocks, max(1, -(-n // n_blocks))
+
+
+def _explicit(x: jax.Array) -> tuple[jax.sharding.AbstractMesh, tuple] | None:
+    """The mesh and spec of `x` when its type carries an Explicit-axis sharding."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or not getattr(mesh, "axis_names", ()):
+        return None
+    explicit = jax.sharding.AxisType.Explicit
+    if not any(t == explicit for t in mesh.axis_types):
+        return None
+    return mesh, tuple(sharding.spec)
+
+
+def _axis_size(mesh: jax.sharding.Mesh, entry: str | tuple[str, ...]) -> int:
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(mesh.shape[a] for a in names)
+
+
+def codes_spec(spec: tuple, mesh: jax.sharding.Mesh, shape: tuple[int, ...],
+               block_size: int = 256) -> jax.sharding.PartitionSpec:
+    """Partition spec of the codes of a tensor of `shape` sharded by `spec` over `mesh`.
+
+    The leading axes keep their entries. The last axis's entry goes to the
+    block axis when the blocks tile every shard (`n_blocks` a multiple of the
+    entry's devices and no padding); otherwise the codes are replicated along it.
+    The scales take the spec without its last entry.
+    """
+    spec = tuple(spec) + (None,) * (len(shape) - len(spec))
+    n_blocks, block = layout(shape, block_size)
+    last = spec[-1]
+    if last is not None and (n_blocks % _axis_size(mesh, last) or n_blocks * block != shape[-1]):
+        last = None
+    return jax.sharding.PartitionSpec(*spec[:-1], last, None)
+
+
+def _reshape(x: jax.Array, shape: tuple[int, ...], spec: jax.sharding.PartitionSpec | None):
+    if spec is None:
+        return x.reshape(shape)
+    found = _explicit(x)
+    if found is not None:  # a NamedSharding works outside `jax.set_mesh` too
+        return jnp.reshape(x, shape, out_sharding=jax.sharding.NamedSharding(found[0], spec))
+    return jnp.reshape(x, shape, out_sharding=spec)
+
+
+def blocks(x: jax.Array, block_size: int = 256,
+           spec: jax.sharding.PartitionSpec | None = None) -> jax.Array:
+    """`x` (at least 1-D) as `(..., n_blocks, block)`, rows zero-padded (see `layout`).
+
+    `spec`: the result's partition spec under an Explicit-axis mesh (`codes_spec`);
+    without it, an Explicit-sharded `x` gets the spec `codes_spec` gives it.
+    """
+    n_blocks, block = layout(x.shape, block_size)
+    if spec is None and (found := _explicit(x)) is not None:
+        spec = codes_spec(found[1], found[0], x.shape, block_size)
+    pad = n_blocks * block - x.shape[-1]
     if pad:
-        flat = jnp.pad(flat, (0, pad))
-    return flat.reshape(-1, block)
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+    return _reshape(x, (*x.shape[:-1], n_blocks, block), spec)
 
 
 def _split(block: int) -> int:
-    """Column-group width for `block_absmax`: 16 where it divides `block` (measured
-    fastest for blocks of 64 to 2048), else the divisor d with fewest slices."""
-    if block % 16 == 0:
-        return 16
-    return min((d for d in range(1, block + 1) if block % d == 0),
-               key=lambda d: (block // d + d, abs(d - 16)))
+    """Column-group width for `block_absmax`: 16 (measured fastest for blocks of 64
+    to 2048), or the whole block when it is narrower."""
+    return min(16, block)
 
 
 def _pairwise_max(parts: list[jax.Array]) -> jax.Array:
@@ -153,9 +229,9 @@ def _pairwise_max(parts: list[jax.Array]) -> jax.Array:
 
 def block_absmax(columns: Callable[[int, int], jax.Array], block: int) -> jax.Array:
     """Per block, the largest |value|, with `columns(lo, hi)` giving the values of
-    block columns lo..hi−1 as (n_blocks, hi − lo).
+    block columns lo..hi−1 as (..., n_blocks, hi − lo).
 
-    Same result as `jnp.max(jnp.abs(values), axis=1)`, NaN included, but built
+    Same result as `jnp.max(jnp.abs(values), axis=-1)`, NaN included, but built
     from elementwise maxima of column groups, which XLA:CPU compiles into two
     plain vectorised loops: groups first, then the columns of the result. A
     reduction op would go to XLA:CPU's tiled reduction kernel, which pays a
@@ -172,8 +248,12 @@ def block_absmax(columns: Callable[[int, int], jax.Array], block: int) -> jax.Ar
         x = jnp.abs(x)
         return jax.lax.bitcast_convert_type(x, jnp.dtype(f"int{8 * x.dtype.itemsize}"))
 
-    partial = _pairwise_max([bits(columns(j, j + width)) for j in range(0, block, width)])
-    top = _pairwise_max([partial[:, j] for j in range(width)])
+    full = block - block % width
+    partial = _pairwise_max([bits(columns(j, j + width)) for j in range(0, full, width)])
+    # A block that is not a multiple of the width: its last columns on their own.
+    rest = [bits(columns(full, block))] if full < block else []
+    top = _pairwise_max([partial[..., j] for j in range(width)]
+                        + [r[..., j] for r in rest for j in range(block - full)])
     return jax.lax.bitcast_convert_type(top, jnp.dtype(f"float{8 * top.dtype.itemsize}"))
 
 
@@ -184,85 +264,75 @@ def safe_scales(scales: jax.Array) -> jax.Array:
 
 def encode_blocks(values: jax.Array, scales: jax.Array,
                   key: jax.Array | None = None) -> jax.Array:
-    """uint8 codes of `values` (n_blocks, block) against the block `scales`."""
+    """uint8 codes of `values` (..., n_blocks, block) against the block `scales`."""
     # 1/scale first: 127²/scale would overflow for scales below 5e-35.
-    return encode_squares(values * (1 / safe_scales(scales))[:, None] * LEVELS**2, key)
+    return encode_squares(values * (1 / safe_scales(scales))[..., None] * LEVELS**2, key)
 
 
 def decode_blocks(q: QuantizedArray) -> jax.Array:
-    """float32 values of `q`, as (n_blocks, block) with the padded tail."""
-    return decode_unit(q.codes) * q.scales[:, None]
+    """float32 values of `q`, as (..., n_blocks, block) with the padded tails."""
+    return decode_unit(q.codes) * q.scales[..., None]
 
 
 def quantize(x: jax.Array, block: int = 256, key: jax.Array | None = None) -> QuantizedArray:
-    """Quantises `x` (any shape) blockwise; `key` switches on stochastic rounding."""
+    """Quantises `x` (at least 1-D) blockwise, `block` being the block size limit
+    (see `layout`); `key` switches on stochastic rounding.
+
+    >>> import jax.numpy as jnp
+    >>> x = jnp.linspace(-1.0, 1.0, 600).reshape(2, 300)
+    >>> q = quantize(x)
+    >>> q.codes.shape, q.scales.shape
+    ((2, 2, 150), (2, 2))
+    >>> bool(jnp.max(jnp.abs(dequantize(q, x.shape) - x)) < 0.01)
+    True
+    """
     values = blocks(x.astype(jnp.float32), block)
-    scales = block_absmax(lambda lo, hi: values[:, lo:hi], block)
+    scales = block_absmax(lambda lo, hi: values[..., lo:hi], values.shape[-1])
     return QuantizedArray(encode_blocks(values, scales, key), scales)
 
 
 def unblock(values: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Inverse of `blocks`: drops the padded tail and reshapes to `shape`."""
-    flat = values.reshape(-1)
-    size = math.prod(shape)
-    if flat.size != size:
-        flat = flat[:size]
-    return flat.reshape(shape)
+    """Inverse of `blocks`: merges the block axes and drops the padded tails."""
+    values = values.reshape(*values.shape[:-2], values.shape[-2] * values.shape[-1])
+    if values.shape[-1] != shape[-1]:
+        values = values[..., :shape[-1]]
+    return values
 
 
 def dequantize(q: QuantizedArray, shape: tuple[int, ...]) -> jax.Array:
-    """float32 values of `q`, reshaped to `shape` (the padded tail is dropped)."""
+    """float32 values of `q`, of `shape` (the padded tails are dropped)."""
     return unblock(decode_blocks(q), shape)
 
 
 def zeros(shape: tuple[int, ...], block: int = 256) -> QuantizedArray:
-    """The quantised zero tensor of `shape`."""
-    n_blocks = -(-math.prod(shape) // block)
-    return QuantizedArray(jnp.full((n_blocks, block), OFFSET, jnp.uint8),
-                          jnp.zeros((n_blocks,), jnp.float32))
+    """The quantised zero tensor of `shape` (at least 1-D)."""
+    n_blocks, width = layout(shape, block)
+    return QuantizedArray(jnp.full((*shape[:-1], n_blocks, width), OFFSET, jnp.uint8),
+                          jnp.zeros((*shape[:-1], n_blocks), jnp.float32))
 
 
-# Below this many elements per block, the float32 scales would cost more than
-# 1/8 byte per element: a sharded leaf that only aligns with smaller blocks
-# stays unquantised instead.
-MIN_ALIGNED_BLOCK = 32
+def zeros_like(x: jax.Array, block: int = 256) -> QuantizedArray:
+    """The quantised zero tensor for parameter `x` (at least 1-D), sharded like `x`.
 
-
-def _axis_size(mesh: jax.sharding.Mesh, entry: str | tuple[str, ...]) -> int:
-    names = entry if isinstance(entry, tuple) else (entry,)
-    return math.prod(mesh.shape[a] for a in names)
-
-
-def zeros_like(x: jax.Array, block: int = 256) -> QuantizedArray | None:
-    """The quantised zero tensor for parameter `x`, laid out as `x` is sharded.
-
-    Unsharded or replicated `x`: `zeros(x.shape, block)` (replicated over `x`'s
-    mesh). `x` sharded along its first axis only (the FSDP layout): each device
-    holds a contiguous run of the flattened tensor, so the blocks are made to
-    tile every shard exactly — the block becomes the largest divisor of the
-    shard size that is at most `block` — and the codes and scales are sharded
-    along their block axis over the same mesh axes. No block then straddles a
-    shard boundary, and every device keeps 1 byte per element of its own shard
-    plus its blocks' scales. Returns None (keep the leaf unquantised) when `x`
-    is sharded along another axis, or when the aligned block would be smaller
-    than `MIN_ALIGNED_BLOCK`.
+    The layout is `zeros(x.shape, block)`'s whatever the sharding. When `x` is
+    sharded (a concrete array with a `NamedSharding`, or a traced one of an
+    Explicit-axis mesh), the codes and scales are placed by `codes_spec`; under
+    a jitted `init` on an Auto-axis mesh, XLA places them.
     """
     sharding = getattr(x, "sharding", None)
-    if not isinstance(sharding, jax.sharding.NamedSharding):
+    found = _explicit(x)
+    if found is None and isinstance(sharding, jax.sharding.NamedSharding) \
+            and not isinstance(x, jax.core.Tracer):
+        found = sharding.mesh, tuple(sharding.spec)
+    if found is None:
         return zeros(x.shape, block)
-    mesh = sharding.mesh
-    if sharding.is_fully_replicated:
-        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        return jax.device_put(zeros(x.shape, block), rep)
-    spec = tuple(sharding.spec)
-    if any(entry is not None for entry in spec[1:]):
-        return None
-    shard = math.prod(x.shape) // _axis_size(mesh, spec[0])
-    aligned = next(d for d in range(min(block, shard), 0, -1) if shard % d == 0)
-    if aligned < MIN_ALIGNED_BLOCK:
-        return None
-    q = zeros(x.shape, aligned)
-    P = jax.sharding.PartitionSpec
+    mesh, spec = found
+    spec = codes_spec(spec, mesh, x.shape, block)
+    scale_spec = jax.sharding.PartitionSpec(*spec[:-1])
+    if _explicit(x) is not None:
+        codes = jnp.full_like(blocks(jnp.zeros_like(x, dtype=jnp.uint8), block, spec), OFFSET)
+        return QuantizedArray(codes, jnp.zeros_like(codes[..., 0], dtype=jnp.float32))
+    q = zeros(x.shape, block)
     return QuantizedArray(
-            jax.device_put(q.codes, jax.sharding.NamedSharding(mesh, P(spec[0], None))),
-            jax.device_put(q.scales, jax.sharding.NamedSharding(mesh, P(spec[0]))))
+            jax.device_put(q.codes, jax.sharding.NamedSharding(mesh, spec)),
+            jax.device_put(q.scales, jax.sharding.NamedSharding(mesh, scale_spec)))

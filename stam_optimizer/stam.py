@@ -81,7 +81,7 @@ def scale_by_stam(
     b1_min: float | None = None,
     mu_dtype: Any | None = None,
     signal: str = "spec",
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Rescales updates by STAM's direction `u = μ̂ / (√ν̂ + eps)`.
 
     Per tensor, with `t` the step count before this update and `g` the gradient
@@ -122,10 +122,10 @@ def scale_by_stam(
         `min(b1_base, max(0.5, b1_base·(1−α)))`.
       mu_dtype: storage dtype of μ and ν ("float32", "bfloat16", "float16" or a
         dtype); default: each param's own dtype, as `optax.adamw`.
-      signal: the β₁ signal, "spec" (default, SPEC.md and 0.1.0) or "energy".
+      signal: the β₁ signal, "spec" (default, docs/math.md and 0.1.0) or "energy".
 
     Returns:
-      An `optax.GradientTransformation` whose updates are in the gradients' dtype.
+      An `optax.GradientTransformationExtraArgs` whose updates are in the gradients' dtype.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -145,6 +145,7 @@ def scale_by_stam(
 
     def init_fn(params):
         params = c.as_arrays(params)
+        c.check_real("scale_by_stam", params)
         leaves = jax.tree.leaves(params)
         n, dt = len(leaves), c.stat_dtype(leaves)
         n_energy = n if energy else 0
@@ -161,9 +162,10 @@ def scale_by_stam(
             grad_energy=c.vector(n_energy, 0.0, dt, leaves),
         )
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args  # accepted as optax's transformations do (e.g. value=loss)
         treedef, gs = c.grad_leaves(updates, state.mu)
+        c.check_real("scale_by_stam", gs)
         mus, nus = treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
         t, dt = state.count, state.sigma2.dtype
         # Tensor statistics of r = g − μ: one fused pass per sum and tensor.
@@ -222,7 +224,7 @@ def scale_by_stam(
                                      res_energy, grad_energy)
         return treedef.unflatten(us), new_state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def stam(
@@ -238,7 +240,7 @@ def stam(
     mu_dtype: Any | None = None,
     mask: Any | None = None,
     signal: str = "spec",
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""STAM optimizer: `scale_by_stam`, decoupled weight decay, learning rate.
 
     Updates are added to params (optax convention): `θ ← θ − lr·(u + λ·θ)`.

@@ -88,19 +88,19 @@ def _requantize(mu: qz.QuantizedArray, g: jax.Array, beta1: jax.Array, count: ja
     g term out of the loop into a full-size temporary; the rounding key rides
     along the same way, or the random numbers would be hoisted out as well.
     """
-    block = mu.codes.shape[1]
-    g_blocks = qz.blocks(g, block)
+    block = mu.codes.shape[-1]
+    g_blocks = qz.blocks(g, block)  # the layout of `block` is mu's (see `quantize.layout`)
 
     def body(carry):
         i, codes, scales, b, key = carry
-        k = (b / qz.LEVELS**2 * scales.astype(dt))[:, None]
+        k = (b / qz.LEVELS**2 * scales.astype(dt))[..., None]
 
         def mix(codes, g_blocks):
             g_part = (1 - b) * g_blocks.astype(dt)  # finite iff g is (β₁ < 1)
             return (k * qz.signed_squares(codes).astype(dt)
                     + jnp.where(jnp.isfinite(g_part), g_part, 0))
 
-        new = qz.block_absmax(lambda lo, hi: mix(codes[:, lo:hi], g_blocks[:, lo:hi]), block)
+        new = qz.block_absmax(lambda lo, hi: mix(codes[..., lo:hi], g_blocks[..., lo:hi]), block)
         codes = qz.encode_blocks(mix(codes, g_blocks), new, key)
         return (i + 1, codes, new.astype(jnp.float32), jnp.where(i < 0, 2 * b, b),
                 None if key is None else jnp.where(i < 0, key + 1, key))
@@ -109,6 +109,16 @@ def _requantize(mu: qz.QuantizedArray, g: jax.Array, beta1: jax.Array, count: ja
     _, codes, scales, _, _ = jax.lax.while_loop(lambda carry: carry[0] < once, body,
                                                 (jnp.int32(0), mu.codes, mu.scales, beta1, key))
     return qz.QuantizedArray(codes, scales)
+
+
+def _as_quantized(mu: Any) -> Any:
+    """A quantised μ leaf as `QuantizedArray`, also when a container (such as
+    `flax.nnx.Optimizer`, which stores it back as a mapping) rebuilt it."""
+    if isinstance(mu, qz.QuantizedArray) or isinstance(mu, jax.Array):
+        return mu
+    if hasattr(mu, "keys") and set(mu.keys()) == set(qz.QuantizedArray._fields):
+        return qz.QuantizedArray(*(c.unbox(mu[f]) for f in qz.QuantizedArray._fields))
+    return mu
 
 
 def scale_by_stam_lite(
@@ -126,7 +136,7 @@ def scale_by_stam_lite(
     stochastic_rounding: bool = False,
     seed: int = 0,
     signal: str = "spec",
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Rescales updates by STAMLite's direction `u = μ̂ / (√b̂ + eps)`.
 
     Per tensor, with `t` the step count before this update, `ρ = moment_decay`,
@@ -165,18 +175,27 @@ def scale_by_stam_lite(
         dtype's largest finite value.
       b1_min: smallest β₁, in (0, b1_base]. Default
         `min(b1_base, max(0.5, b1_base·(1−α)))`.
-      block_size: with `state_dtype="int8"`, elements per quantisation block
-        (one float32 scale each), ≥ 1. Default 256 (1.016 bytes/param).
+      block_size: with `state_dtype="int8"`, the largest number of elements per
+        quantisation block (one float32 scale each), ≥ 1. Blocks tile the last
+        axis: a last axis of n elements is cut into `ceil(n/block_size)` blocks
+        of equal size (`quantize.layout`). Default 256 (1.016 bytes/param when
+        the last axis is a multiple of 256; a last axis of n < 256 elements
+        gives one block per row, 1 + 4/n bytes/param).
       min_quantized_size: with "int8", tensors with fewer elements stay float32
         (biases and norms: tiny, and their statistics are the least robust to
         rounding). Default 4096, ≥ 0.
       quantize_mask: with "int8", a pytree (or callable params -> pytree) of
-        bools; False keeps that tensor in float32 (e.g. embeddings).
-        With params sharded along their first axis (FSDP), the int8 blocks
-        tile each shard exactly and the codes are sharded with the param (the
-        block of such a leaf may shrink to a divisor of its shard size); a leaf
-        sharded along another axis stays float32, sharded like the param. See
-        `quantize.zeros_like`.
+        bools; False keeps that tensor in float32 (e.g. embeddings). 0-d and
+        empty tensors stay float32.
+        Whether a tensor is quantised and its block layout depend only on its
+        global shape and these arguments, never on the sharding or on whether
+        `init` is jitted. Sharding: the codes are sharded like the param on its
+        leading axes, so FSDP (axis 0 of a matrix) keeps every block inside one
+        shard and 1/N of the state per device; sharding the last axis over N
+        devices (tensor parallelism on axis 1) is aligned when
+        `ceil(n/block_size)` is a multiple of N and n a multiple of the block,
+        e.g. n = 4096 with N ≤ 16; otherwise that tensor's codes are replicated
+        along the mesh axis (see `quantize.codes_spec`).
       stochastic_rounding: with "int8", round μ stochastically (unbiased),
         keyed from `seed` and the step count, so runs are reproducible. Use it for
         β₁ close to 1, where nearest rounding can freeze small entries of μ.
@@ -214,16 +233,21 @@ def scale_by_stam_lite(
         if not quantized:
             return c.zeros_like_tree(params, dtype)
         mask = quantize_mask(params) if callable(quantize_mask) else quantize_mask
-        mask = jax.tree.map(lambda _: True, params) if mask is None else mask
+        mask = jax.tree.map(lambda _: True, params, is_leaf=c.is_boxed) if mask is None else mask
 
         def leaf(p, m):
-            q = qz.zeros_like(p, block_size) if m and p.size >= min_quantized_size else None
-            return jnp.zeros_like(p, dtype=jnp.float32) if q is None else q
+            # A flax Variable's sharding metadata fits the param, not the codes:
+            # a quantised leaf is returned unboxed.
+            x = c.unbox(p)
+            if m and x.ndim and x.size and x.size >= min_quantized_size:
+                return qz.zeros_like(x, block_size)
+            return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=jnp.float32), p)
 
-        return jax.tree.map(leaf, params, mask)
+        return jax.tree.map(leaf, params, mask, is_leaf=c.is_boxed)
 
     def init_fn(params):
         params = c.as_arrays(params)
+        c.check_real("scale_by_stam_lite", params)
         leaves = jax.tree.leaves(params)
         n, dt = len(leaves), c.stat_dtype(leaves)
         return ScaleByStamLiteState(
@@ -237,9 +261,11 @@ def scale_by_stam_lite(
             res_energy=c.vector(n if energy else 0, 0.0, dt, leaves),
         )
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args  # accepted as optax's transformations do (e.g. value=loss)
         treedef, gs = c.grad_leaves(updates, state.mu, params)
-        mus = treedef.flatten_up_to(state.mu)
+        c.check_real("scale_by_stam_lite", gs)
+        mus = [_as_quantized(mu) for mu in treedef.flatten_up_to(state.mu)]
         t, dt = state.count, state.a.dtype
         # Tensor moments of g: one fused pass per sum and tensor.
         res_energy = state.res_energy
@@ -297,7 +323,7 @@ def scale_by_stam_lite(
                                          c.count_flagged(state.nonfinite, flagged), res_energy)
         return treedef.unflatten(us), new_state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def stam_lite(
@@ -318,7 +344,7 @@ def stam_lite(
     stochastic_rounding: bool = False,
     seed: int = 0,
     signal: str = "spec",
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""STAMLite optimizer: `scale_by_stam_lite`, decoupled weight decay, learning rate.
 
     Updates are added to params (optax convention): `θ ← θ − lr·(u + λ·θ)`.

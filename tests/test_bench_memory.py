@@ -50,11 +50,15 @@ def _stam_lite_scalar_bytes(params) -> int:
     return total
 
 
-def _int8_mu_bytes(size: int) -> int:
-    if size < MIN_QUANTIZED:
+def _int8_mu_bytes(shape: tuple[int, ...]) -> int:
+    """Codes and scales of a tensor: each row of the last axis (n elements) is cut
+    into ceil(n/BLOCK) equal blocks of ceil(n / blocks) elements."""
+    size = math.prod(shape)
+    if size < MIN_QUANTIZED or not shape:
         return 4 * size
-    blocks = -(-size // BLOCK)
-    return blocks * BLOCK + 4 * blocks
+    n = shape[-1]
+    rows, blocks = size // n, -(-n // BLOCK)
+    return rows * blocks * (-(-n // blocks) + 4)
 
 
 def test_abstract_state_bytes_match_a_real_init():
@@ -110,8 +114,8 @@ def test_stam_bf16_moments_halve_stam_state():
 @pytest.mark.parametrize("size", [5000, 77000, 256 * 40])
 def test_int8_state_of_one_big_leaf_is_exact(size):
     params = _abstract({"w": (size,)})
-    blocks = math.ceil(size / 256)
-    expected = blocks * 256 + 4 * blocks + _stam_lite_scalar_bytes(params)
+    blocks = math.ceil(size / 256)  # of ceil(size / blocks) elements each
+    expected = blocks * math.ceil(size / blocks) + 4 * blocks + _stam_lite_scalar_bytes(params)
     assert memory.state_bytes(registry.get("stam_lite_int8"), params) == expected
 
 
@@ -120,7 +124,8 @@ def test_int8_transformer_counts_small_float32_leaves_and_meets_target():
     sizes = [math.prod(x.shape) for x in jax.tree.leaves(params)]
     assert any(s < MIN_QUANTIZED for s in sizes)  # biases and norms are there
     n = sum(sizes)
-    expected = sum(_int8_mu_bytes(s) for s in sizes) + _stam_lite_scalar_bytes(params)
+    expected = sum(_int8_mu_bytes(x.shape) for x in jax.tree.leaves(params)) \
+        + _stam_lite_scalar_bytes(params)
     got = memory.state_bytes(registry.get("stam_lite_int8"), params)
     assert got == expected
     assert 1 + 4 / 256 < got / n <= 1.10

@@ -58,8 +58,6 @@ CASES = {  # name: (optimizer factory, parameter shapes)
     "stam_lite_int8_aligned": (_int8, ALIGNED),
     "adams": (lambda: so.adams(LR), MIXED),
 }
-LAYOUT_XFAIL = pytest.mark.xfail(
-    strict=True, reason="int8 layout follows the shard until the global-layout change")
 
 
 def _mesh(n: int) -> jax.sharding.Mesh:
@@ -180,8 +178,7 @@ def _case_params():
     out = []
     for name in CASES:
         for n in (8, 4, 2, 1):
-            marks = [LAYOUT_XFAIL] if name == "stam_lite_int8" else []
-            out.append(pytest.param(name, n, marks=marks, id=f"{name}-{n}dev"))
+            out.append(pytest.param(name, n, id=f"{name}-{n}dev"))
     return out
 
 
@@ -265,7 +262,7 @@ def test_core_imports_without_orbax_and_names_the_extra():
 
 TWO_PROCESS_GROUPS = [
     pytest.param([n for n in CASES if n != "stam_lite_int8"], id="all-but-int8-unaligned"),
-    pytest.param(["stam_lite_int8"], marks=LAYOUT_XFAIL, id="int8-unaligned"),
+    pytest.param(["stam_lite_int8"], id="int8-unaligned"),
 ]
 
 

@@ -1,4 +1,7 @@
-"""flax.nnx.Optimizer, plain and with a model partitioned over an 8-device mesh."""
+"""flax.nnx.Optimizer with every optimizer and state dtype: the checks flax's own
+optimizer tests make of an optax optimizer (update with and without `value`,
+`nnx.jit`, state sharding from `nnx.with_partitioning`, `tree_map_params`,
+masked transforms), plain and on a model partitioned over an 8-device mesh."""
 
 import jax
 import jax.numpy as jnp
@@ -8,15 +11,10 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
+from optimizers_under_test import ADAPTIVE, ALIASES, alias
 
 import stam_optimizer as so
-
-OPTIMIZERS = {
-    "stam": lambda: so.stam(1e-2),
-    "stam_lite": lambda: so.stam_lite(1e-2),
-    "stam_lite_bf16": lambda: so.stam_lite(1e-2, state_dtype="bfloat16"),
-    "adams": lambda: so.adams(1e-2),
-}
+from stam_optimizer import quantize as qz
 
 
 class MLP(nnx.Module):
@@ -31,35 +29,128 @@ class MLP(nnx.Module):
         return self.l2(jax.nn.relu(self.l1(x)))
 
 
-def _train(model, opt, steps=30):
+def _data():
     x = jax.random.normal(jax.random.PRNGKey(1), (64, 8))
-    y = jnp.sin(x[:, :4])
+    return x, jnp.sin(x[:, :4])
+
+
+def _mlp_loss(model):
+    x, y = _data()
+    return jnp.mean((model(x) - y) ** 2)
+
+
+def _param_loss(model):
+    """A quadratic in the params alone: no matmul, whose sharded contraction an
+    Explicit mesh would ask the model to resolve."""
+    return sum(jnp.sum((p - 0.5) ** 2) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _train(model, opt, steps=30, with_value=False, objective=_mlp_loss):
 
     @nnx.jit
     def step(model, opt):
-        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
-        opt.update(model, grads)
+        loss, grads = nnx.value_and_grad(objective)(model)
+        if with_value:
+            opt.update(model, grads, value=loss)
+        else:
+            opt.update(model, grads)
         return loss
 
     return [float(step(model, opt)) for _ in range(steps)]
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_nnx_optimizer_trains(name):
+def _buffer(opt_state):
+    """The param-shaped buffer (μ, or AdamS's m) of an optimizer state, as arrays."""
+    pure = nnx.as_pure(opt_state)
+    (inner,) = [s for s in jax.tree.leaves(
+        pure, is_leaf=lambda x: isinstance(x, tuple) and hasattr(x, "_fields"))
+        if hasattr(s, "mu") or hasattr(s, "m")]
+    return inner.mu if hasattr(inner, "mu") else inner.m
+
+
+@pytest.mark.parametrize("with_value", [False, True])
+@pytest.mark.parametrize("name", ALIASES)
+def test_nnx_optimizer_trains(name, with_value):
     model = MLP(nnx.Rngs(0), partitioned=False)
-    opt = nnx.Optimizer(model, OPTIMIZERS[name](), wrt=nnx.Param)
-    losses = _train(model, opt)
+    opt = nnx.Optimizer(model, alias(name), wrt=nnx.Param)
+    losses = _train(model, opt, with_value=with_value)
     assert losses[-1] < 0.5 * losses[0]
-    if name != "adams":
+    if name in ADAPTIVE:
         b1 = so.tree_beta1(opt.opt_state, nnx.state(model, nnx.Param))
         values = [float(v) for v in jax.tree.leaves(b1)]
         assert len(values) == 4 and all(0.5 <= v <= 0.9 + 1e-6 for v in values)
+    if name == "stam_lite_int8":  # the kernels stay quantised through the updates
+        buf = _buffer(opt.opt_state)
+        for layer in ("l1", "l2"):
+            q = _quantized(buf[layer]["kernel"])
+            assert q.codes.dtype == jnp.uint8 and q.scales.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_nnx_optimizer_on_a_partitioned_model_under_a_mesh(name):
+@pytest.mark.parametrize("name", ALIASES)
+def test_nnx_optimizer_eager_update_matches_jitted(name):
+    # flax's tests call update outside jit too; both must give the same params.
+    x, y = _data()
+    models = [MLP(nnx.Rngs(0), partitioned=False) for _ in range(2)]
+    opts = [nnx.Optimizer(m, alias(name), wrt=nnx.Param) for m in models]
+
+    def step(model, opt):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        opt.update(model, grads, value=loss)
+
+    jitted = nnx.jit(step)
+    for _ in range(3):
+        step(models[0], opts[0])
+        jitted(models[1], opts[1])
+    a = jax.tree.leaves(nnx.state(models[0], nnx.Param))
+    b = jax.tree.leaves(nnx.state(models[1], nnx.Param))
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_nnx_tree_map_params_and_masked(name):
+    model = MLP(nnx.Rngs(0), partitioned=False)
+    params = nnx.state(model, nnx.Param)
+    tx = alias(name)
+    state = tx.init(nnx.as_pure(params))
+    # a no-op tree_map_params keeps the structure
+    mapped = optax.tree.map_params(tx, lambda v: v, state)
+    assert jax.tree.structure(mapped) == jax.tree.structure(state)
+    # optax.masked: only the kernels get our optimizer (the biases' gradients pass
+    # through it untouched and are zeroed by a second mask), so the biases keep
+    # their values and tree_beta1 finds the kernels' β₁
+    kernels = jax.tree.map(lambda p: p.ndim == 2, nnx.as_pure(params))
+    others = jax.tree.map(lambda m: not m, kernels)
+    opt = nnx.Optimizer(model, optax.chain(optax.masked(tx, kernels),
+                                           optax.masked(optax.set_to_zero(), others)),
+                        wrt=nnx.Param)
+    biases = [np.asarray(model.l1.bias[...]), np.asarray(model.l2.bias[...])]
+    kernel = np.asarray(model.l1.kernel[...])
+    _train(model, opt, steps=3, with_value=True)
+    np.testing.assert_array_equal(np.asarray(model.l1.bias[...]), biases[0])
+    np.testing.assert_array_equal(np.asarray(model.l2.bias[...]), biases[1])
+    assert not np.allclose(np.asarray(model.l1.kernel[...]), kernel)
+    if name in ADAPTIVE:
+        b1 = so.tree_beta1(opt.opt_state, nnx.state(model, nnx.Param))
+        assert np.isnan(float(b1["l1"]["bias"])) and 0.5 <= float(b1["l1"]["kernel"]) <= 0.9
+
+
+def _quantized(leaf):
+    """An int8 μ leaf as QuantizedArray (nnx may hand it back as a mapping)."""
+    if isinstance(leaf, qz.QuantizedArray):
+        return leaf
+    return qz.QuantizedArray(leaf["codes"], leaf["scales"])
+
+
+def _per_device_fraction(arr):
+    return arr.addressable_shards[0].data.size / arr.size
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
+@pytest.mark.parametrize("name", ALIASES)
+def test_nnx_optimizer_on_a_partitioned_model_under_a_mesh(name, axis_type):
     assert jax.device_count() == 8, "conftest.py asks XLA for 8 CPU devices"
-    mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Auto,))
+    mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(axis_type,))
     with jax.set_mesh(mesh):
 
         @nnx.jit
@@ -71,30 +162,38 @@ def test_nnx_optimizer_on_a_partitioned_model_under_a_mesh(name):
             return model
 
         model = create()
-        opt = nnx.Optimizer(model, OPTIMIZERS[name](), wrt=nnx.Param)
-        losses = _train(model, opt)
+        opt = nnx.Optimizer(model, alias(name), wrt=nnx.Param)
+        objective = _mlp_loss if axis_type == AxisType.Auto else _param_loss
+        losses = _train(model, opt, with_value=True, objective=objective)
     assert losses[-1] < 0.5 * losses[0]
     assert model.l1.kernel[...].sharding.spec == P(None, "fsdp")
-    (inner,) = [s for s in jax.tree.leaves(
-        opt.opt_state, is_leaf=lambda x: isinstance(x, tuple) and hasattr(x, "_fields"))
-        if hasattr(s, "mu") or hasattr(s, "m")]
-    buf = inner.mu if hasattr(inner, "mu") else inner.m
-    kernel_buf = buf["l1"]["kernel"][...]
-    assert kernel_buf.sharding.spec == P(None, "fsdp")  # per-parameter state follows params
-    # each device holds 1/8 of the buffer
-    assert kernel_buf.addressable_shards[0].data.size == kernel_buf.size // 8
-    for s in so.find_states(opt.opt_state):
-        assert s.beta1[...].sharding.is_fully_replicated  # per-tensor scalars: replicated
+    buf = _buffer(opt.opt_state)
+    k1, k2 = buf["l1"]["kernel"], buf["l2"]["kernel"]
+    if name == "stam_lite_int8":
+        # (16, 4) sharded on rows: the codes (16, 1, 4) follow, 1/8 per device;
+        # (8, 16) sharded on its last axis, one block per row: replicated codes on
+        # an Explicit mesh (on an Auto mesh XLA may split the blocks further).
+        k1, k2 = _quantized(k1), _quantized(k2)
+        assert k2.codes.shape == (16, 1, 4) and _per_device_fraction(k2.codes) == 1 / 8
+        assert _per_device_fraction(k2.scales) == 1 / 8
+        assert k1.codes.shape == (8, 1, 16)
+        if axis_type == AxisType.Explicit:
+            assert _per_device_fraction(k1.codes) == 1
+    else:
+        assert k1.sharding.spec == P(None, "fsdp")  # per-parameter state follows params
+        assert _per_device_fraction(k1) == 1 / 8 and _per_device_fraction(k2) == 1 / 8
+    for s in so.find_states(nnx.as_pure(opt.opt_state)):
+        assert s.beta1.sharding.is_fully_replicated  # per-tensor scalars: replicated
 
 
-def test_partitioned_matches_unpartitioned():
+@pytest.mark.parametrize("name", ["stam", "stam_lite_int8"])
+def test_partitioned_matches_unpartitioned(name):
     mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Auto,))
     plain = MLP(nnx.Rngs(0), partitioned=False)
-    losses_plain = _train(plain, nnx.Optimizer(plain, so.stam(1e-2), wrt=nnx.Param), 20)
+    losses_plain = _train(plain, nnx.Optimizer(plain, alias(name), wrt=nnx.Param), 20)
     with jax.set_mesh(mesh):
         sharded = nnx.jit(lambda: MLP(nnx.Rngs(0), partitioned=True))()
-        losses_sharded = _train(sharded, nnx.Optimizer(sharded, so.stam(1e-2),
-                                                       wrt=nnx.Param), 20)
+        losses_sharded = _train(sharded, nnx.Optimizer(sharded, alias(name), wrt=nnx.Param), 20)
     np.testing.assert_allclose(losses_sharded, losses_plain, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(sharded.l1.kernel[...]),
                                np.asarray(plain.l1.kernel[...]), rtol=1e-5, atol=1e-6)
@@ -103,5 +202,6 @@ def test_partitioned_matches_unpartitioned():
 def test_optax_adamw_reference_point():
     # the same harness with optax.adamw, so a failure above is ours, not the harness's
     model = MLP(nnx.Rngs(0), partitioned=False)
-    losses = _train(model, nnx.Optimizer(model, optax.adamw(1e-2), wrt=nnx.Param))
+    losses = _train(model, nnx.Optimizer(model, optax.adamw(1e-2), wrt=nnx.Param),
+                    with_value=True)
     assert losses[-1] < 0.5 * losses[0]

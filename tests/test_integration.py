@@ -6,16 +6,12 @@ import numpy as np
 import optax
 import pytest
 from helpers import gradient_stream, make_params
+from optimizers_under_test import ALIASES
 
 import stam_optimizer as so
 from stam_optimizer import _common as c
 
-FACTORIES = {
-    "stam": lambda **kw: so.stam(1e-2, **kw),
-    "stam_lite": lambda **kw: so.stam_lite(1e-2, **kw),
-    "stam_lite_bf16": lambda **kw: so.stam_lite(1e-2, state_dtype="bfloat16", **kw),
-    "adams": lambda **kw: so.adams(1e-2, **kw),
-}
+FACTORIES = ALIASES  # the shared list (tests/optimizers_under_test.py)
 
 
 def _assert_trees_equal(a, b):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optimizers_under_test import ALIASES, alias
 
 import stam_optimizer as so
 
@@ -20,15 +21,10 @@ B1_MIN = min(B1_BASE, max(0.5, B1_BASE * (1 - ALPHA)))
 @functools.cache
 def _runner(name):
     """One compiled program per optimizer: 12 steps under lax.scan."""
-    tx = {
-        "stam": so.stam(1e-3, adapt_strength=ALPHA),
-        "stam_lite": so.stam_lite(1e-3, adapt_strength=ALPHA, beta1_update_interval=2),
-        "stam_lite_bf16": so.stam_lite(1e-3, adapt_strength=ALPHA, state_dtype="bfloat16"),
-        "stam_energy": so.stam(1e-3, adapt_strength=ALPHA, signal="energy"),
-        "stam_lite_energy": so.stam_lite(1e-3, adapt_strength=ALPHA, beta1_update_interval=2,
-                                         signal="energy"),
-        "adams": so.adams(1e-3),
-    }[name]
+    kwargs = {} if name == "adams" else {"adapt_strength": ALPHA}
+    if name in ("stam_lite", "stam_lite_energy"):
+        kwargs["beta1_update_interval"] = 2
+    tx = alias(name, 1e-3, **kwargs)
 
     @jax.jit
     def run(params, grads):
@@ -48,8 +44,7 @@ def _runner(name):
     seed=st.integers(0, 2**31 - 1),
     offset=st.floats(min_value=-3, max_value=3),
 )
-@pytest.mark.parametrize("name", ["stam", "stam_lite", "stam_lite_bf16", "stam_energy",
-                                  "stam_lite_energy", "adams"])
+@pytest.mark.parametrize("name", ALIASES)
 def test_finite_updates_and_beta1_bounds(name, log_scale, seed, offset):
     rng = np.random.default_rng(seed)
     scale = 10.0**log_scale

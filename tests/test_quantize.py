@@ -14,20 +14,35 @@ def _x(shape=(1000, 37), seed=0, scale=1.0):
     return scale * jax.random.normal(jax.random.PRNGKey(seed), shape)
 
 
-def _reference(x, block):
+def _layout(n, block_size):
+    """Blocks of one row of n elements: an independent restatement of the documented
+    rule (ceil(n / block_size) blocks of equal size, the row padded at its end)."""
+    n_blocks = -(-n // block_size)
+    return n_blocks, -(-n // n_blocks)
+
+
+def _reference(x, block_size):
     """Independent float64 model of the square-law map with nearest rounding.
 
     Returns the decoded values, `r = 127·√(|x|/s)` (whose rounding gives |q|)
-    and the block scale `s` of every entry of `x` (flattened, tail dropped).
+    and the block scale `s` of every entry of `x` (flattened in C order, padding
+    dropped). Blocks tile each row of the last axis.
     """
-    x = np.asarray(x, np.float64).reshape(-1)
-    b = np.concatenate([x, np.zeros((-x.size) % block)]).reshape(-1, block)
-    s = np.abs(b).max(axis=1, keepdims=True)
+    x = np.asarray(x, np.float64)
+    x = x.reshape(-1, x.shape[-1] if x.ndim else 1)
+    n = x.shape[1]
+    n_blocks, block = _layout(n, block_size)
+    b = np.concatenate([x, np.zeros((x.shape[0], n_blocks * block - n))], axis=1)
+    b = b.reshape(x.shape[0], n_blocks, block)
+    s = np.abs(b).max(axis=2, keepdims=True)
     y = np.divide(b, s, out=np.zeros_like(b), where=s > 0)
     r = 127 * np.sqrt(np.abs(y))
     back = s * np.sign(y) * (np.round(r) / 127) ** 2
-    return (back.reshape(-1)[: x.size], r.reshape(-1)[: x.size],
-            np.broadcast_to(s, b.shape).reshape(-1)[: x.size])
+
+    def rows(v):
+        return v.reshape(x.shape[0], n_blocks * block)[:, :n].reshape(-1)
+
+    return rows(back), rows(r), rows(np.broadcast_to(s, b.shape))
 
 
 def _assert_matches_reference(back, x, block):
@@ -35,8 +50,8 @@ def _assert_matches_reference(back, x, block):
     flip a tie (r within 1e-3 of k + 1/2), and always within the error bound
     |x̂ − x| ≤ √(|x|·s)/127 + s/(4·127²)."""
     back = np.asarray(back, np.float64).reshape(-1)
-    x = np.asarray(x, np.float64).reshape(-1)
     ref, r, s = _reference(x, block)
+    x = np.asarray(x, np.float64).reshape(-1)
     tie = np.abs(r - np.floor(r) - 0.5) < 1e-3
     np.testing.assert_allclose(back[~tie], ref[~tie], rtol=2e-6, atol=0)
     bound = (np.sqrt(np.abs(x) * s) / 127 + s / (4 * 127**2)) * (1 + 1e-5)
@@ -44,15 +59,36 @@ def _assert_matches_reference(back, x, block):
 
 
 @pytest.mark.parametrize("scale", [1e-20, 1e-3, 1.0, 1e20])
-@pytest.mark.parametrize("block", [256, 100, 7])
-def test_round_trip_matches_float64_reference(scale, block):
-    x = _x(scale=scale)
+@pytest.mark.parametrize("shape,block", [((1000, 37), 256), ((37, 1000), 256), ((37, 1000), 100),
+                                         ((1000, 37), 7), ((2, 3, 517), 256), ((4099,), 256)])
+def test_round_trip_matches_float64_reference(scale, shape, block):
+    x = _x(shape, scale=scale)
     q = qz.quantize(x, block)
     _assert_matches_reference(qz.dequantize(q, x.shape), x, block)
-    pad = (-x.size) % block
-    assert q.codes.dtype == jnp.uint8 and q.codes.shape == ((x.size + pad) // block, block)
-    tail = np.asarray(q.codes).reshape(-1)[x.size:]
-    assert np.all(tail == qz.OFFSET)  # the padded tail holds zeros
+    n_blocks, width = _layout(shape[-1], block)
+    assert q.codes.dtype == jnp.uint8 and q.codes.shape == (*shape[:-1], n_blocks, width)
+    assert q.scales.shape == (*shape[:-1], n_blocks)
+    assert width <= block and n_blocks * width - shape[-1] < n_blocks  # padding < a block
+    tail = np.asarray(q.codes).reshape(-1, n_blocks * width)[:, shape[-1]:]
+    assert np.all(tail == qz.OFFSET)  # the padded tails hold zeros
+
+
+def test_layout_depends_on_the_last_axis_only():
+    assert qz.layout((64, 512)) == (2, 256) and qz.layout((3, 512)) == (2, 256)
+    assert qz.layout((8, 600)) == (3, 200) and qz.layout((600,)) == (3, 200)
+    assert qz.layout((5, 40)) == (1, 40) and qz.layout((1009,)) == (4, 253)
+    assert qz.layout((8, 4096), 64) == (64, 64)
+    with pytest.raises(ValueError, match="0-d"):
+        qz.layout(())
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 97), (4, 1, 16), (2, 2, 7), (3, 250), (3, 4, 33)])
+def test_block_absmax_matches_a_max_reduction(shape):
+    # Block widths that are, and are not, multiples of the 16-column groups.
+    x = jax.random.normal(jax.random.PRNGKey(0), shape).at[..., -1].set(9.0)
+    x = x.at[0, ..., 0].set(jnp.nan)  # NaN wins, as in jnp.max
+    got = qz.block_absmax(lambda lo, hi: x[..., lo:hi], shape[-1])
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.max(jnp.abs(x), axis=-1)))
 
 
 def test_code_map_table():
@@ -77,11 +113,10 @@ def test_zeros_maxima_idempotence_and_zero_blocks():
     back = qz.dequantize(q, x.shape)
     assert bool(jnp.all(back[0, :5] == 0)) and bool(jnp.all(back[100:110] == 0))
     assert bool(jnp.all(jnp.isfinite(back)))
-    flat = jnp.pad(x.reshape(-1), (0, (-x.size) % 256)).reshape(-1, 256)
-    top = jnp.argmax(jnp.abs(flat), axis=1)
-    decoded = jnp.pad(back.reshape(-1), (0, (-x.size) % 256)).reshape(-1, 256)
-    rows = jnp.arange(flat.shape[0])
-    np.testing.assert_array_equal(decoded[rows, top], flat[rows, top])  # maxima exact
+    # (1000, 37): every row of 37 is one block
+    top = jnp.argmax(jnp.abs(x), axis=1)
+    rows = jnp.arange(x.shape[0])
+    np.testing.assert_array_equal(back[rows, top], x[rows, top])  # maxima exact
     q2 = qz.quantize(back)
     np.testing.assert_array_equal(q2.codes, q.codes)
     np.testing.assert_array_equal(q2.scales, q.scales)
@@ -128,7 +163,10 @@ def test_int8_state_layout_and_bytes():
     assert mu["b"].dtype == jnp.float32  # under min_quantized_size
     assert mu["emb"].dtype == jnp.float32  # masked out
     w_bytes = sum(x.nbytes for x in jax.tree.leaves(mu["w"]))
-    assert w_bytes / params["w"].size == pytest.approx(1 + 4 / 256)
+    assert w_bytes / params["w"].size == pytest.approx(1 + 4 / 128)  # one block per row
+    wide = so.stam_lite(1e-3, state_dtype="int8").init({"w": jnp.zeros((16, 1024))})[0].mu
+    assert sum(x.nbytes for x in jax.tree.leaves(wide["w"])) / (16 * 1024) == \
+        pytest.approx(1 + 4 / 256)
 
 
 @pytest.mark.parametrize("sr", [False, True])
@@ -170,9 +208,9 @@ def test_stuck_momentum_needs_stochastic_rounding():
     # small entries should decay from 0.5 to 0.4, but each step moves them by
     # (1−β₁)·0.1 ≈ 5e-4, far below half a code step there (≈ 0.018): nearest
     # rounding freezes them, stochastic rounding follows float32 on average.
-    n = 256
+    # Each row of 16 is one block: its first 8 entries are the large ones.
     params = {"w": jnp.zeros((16, 16))}
-    phase = [jnp.concatenate([jnp.ones(n // 2), jnp.full((n // 2,), v)]).reshape(16, 16)
+    phase = [jnp.tile(jnp.concatenate([jnp.ones(8), jnp.full((8,), v)]), (16, 1))
              for v in (0.5, 0.4)]
     kw = dict(b1_base=0.995, adapt_strength=0.0, min_quantized_size=0)
     runs = {"f32": so.scale_by_stam_lite(**kw),
@@ -187,7 +225,7 @@ def test_stuck_momentum_needs_stochastic_rounding():
             _, s = step({"w": phase[t >= 400]}, s)
         mu = s.mu["w"]
         mu = qz.dequantize(mu, (16, 16)) if isinstance(mu, qz.QuantizedArray) else mu
-        small[name] = float(jnp.mean(mu.reshape(-1)[n // 2:]))
+        small[name] = float(jnp.mean(mu[:, 8:]))
     assert abs(small["nearest"] - small["f32"]) > 0.03  # stuck
     assert abs(small["stochastic"] - small["f32"]) < 0.005
 
@@ -224,26 +262,27 @@ def test_int8_nan_gradients_and_tree_beta1():
 
 
 def test_int8_steps_match_float64_reference():
-    # β₁ fixed (α = 0); a 70x70 leaf has a padded tail (4900 = 19·256 + 36), and
+    # β₁ fixed (α = 0); a 20x257 leaf has 2 blocks of 129 per row, padded by 1, and
     # zero rows give all-zero blocks. Each step must store the reference
     # quantisation of β₁·μ + (1−β₁)·g (μ as stored before) and return the
     # stored μ / (1−Π) / (√b̂ + eps).
     b1, rho, eps = 0.9, 0.99, 1e-8
     tx = so.scale_by_stam_lite(b1_base=b1, adapt_strength=0.0, moment_decay=rho, eps=eps,
                                state_dtype="int8", min_quantized_size=0)
-    params = {"w": jnp.zeros((70, 70))}
+    params = {"w": jnp.zeros((20, 257))}
     s = tx.init(params)
     step = jax.jit(tx.update)
-    mu, b, prod = np.zeros(4900), 0.0, 1.0
+    mu, b, prod = np.zeros(20 * 257), 0.0, 1.0
     for t in range(3):
-        g = jax.random.normal(jax.random.PRNGKey(t), (70, 70)) * 10.0**t
+        g = jax.random.normal(jax.random.PRNGKey(t), (20, 257)) * 10.0**t
         g = g.at[:8].set(0.0).at[20, 3].set(0.0)
         u, s = step({"w": g}, s)
         g = np.asarray(g, np.float64).reshape(-1)
-        stored = np.asarray(qz.dequantize(s.mu["w"], (70, 70)), np.float64).reshape(-1)
-        _assert_matches_reference(stored, np.float32(b1 * mu + (1 - b1) * g), 256)
-        assert np.all(np.asarray(s.mu["w"].codes).reshape(-1)[4900:] == qz.OFFSET)
-        assert np.all(stored[: 8 * 70] == 0)
+        stored = np.asarray(qz.dequantize(s.mu["w"], (20, 257)), np.float64).reshape(-1)
+        _assert_matches_reference(stored, np.float32(b1 * mu + (1 - b1) * g).reshape(20, 257),
+                                  256)
+        assert np.all(np.asarray(s.mu["w"].codes).reshape(20, 258)[:, 257:] == qz.OFFSET)
+        assert np.all(stored[: 8 * 257] == 0)
         b = rho * b + (1 - rho) * np.mean(g**2)
         prod *= b1
         expected = stored / (1 - prod) / (np.sqrt(b / (1 - rho ** (t + 1))) + eps)

@@ -1,0 +1,72 @@
+"""The one list of optimizers the test files run: every optimizer and state dtype.
+
+`ALIASES[name](learning_rate, **kw)` builds an optimizer (updates added to
+params); `TRANSFORMS[name](**kw)` the matching `scale_by_*` direction. int8
+STAMLite uses `min_quantized_size=0`, so every test tensor of at least one
+dimension is quantised (0-d tensors stay float32 by design).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optax
+
+import stam_optimizer as so
+
+INT8 = {"state_dtype": "int8", "min_quantized_size": 0}
+# Options of int8 STAMLite that fix the state layout: static under inject_hyperparams.
+STATIC_ARGS = ("state_dtype", "block_size", "min_quantized_size", "stochastic_rounding", "seed")
+
+# name -> (alias factory, its keyword arguments besides learning_rate)
+SPECS: dict[str, tuple[Callable[..., optax.GradientTransformationExtraArgs], dict]] = {
+    "stam": (so.stam, {}),
+    "stam_lite": (so.stam_lite, {}),
+    "stam_lite_bf16": (so.stam_lite, {"state_dtype": "bfloat16"}),
+    "stam_lite_f16": (so.stam_lite, {"state_dtype": "float16"}),
+    "stam_lite_int8": (so.stam_lite, INT8),
+    "stam_energy": (so.stam, {"signal": "energy"}),
+    "stam_lite_energy": (so.stam_lite, {"signal": "energy"}),
+    "adams": (so.adams, {}),
+}
+# name -> (scale_by_* factory, its keyword arguments)
+TRANSFORM_SPECS: dict[str, tuple[Callable[..., optax.GradientTransformationExtraArgs], dict]] = {
+    "scale_by_stam": (so.scale_by_stam, {}),
+    "scale_by_stam_lite": (so.scale_by_stam_lite, {}),
+    "scale_by_stam_lite_bf16": (so.scale_by_stam_lite, {"state_dtype": "bfloat16"}),
+    "scale_by_stam_lite_f16": (so.scale_by_stam_lite, {"state_dtype": "float16"}),
+    "scale_by_stam_lite_int8": (so.scale_by_stam_lite, INT8),
+    "scale_by_adams": (so.scale_by_adams, {}),
+}
+
+
+def _alias(name: str):
+    factory, fixed = SPECS[name]
+    return lambda learning_rate=1e-2, **kw: factory(learning_rate, **{**fixed, **kw})
+
+
+def _transform(name: str):
+    factory, fixed = TRANSFORM_SPECS[name]
+    return lambda **kw: factory(**{**fixed, **kw})
+
+
+ALIASES: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
+    name: _alias(name) for name in SPECS}
+TRANSFORMS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
+    name: _transform(name) for name in TRANSFORM_SPECS}
+
+# Subsets by what they can represent.
+FLOAT32_STATE = ("stam", "stam_lite", "stam_lite_int8", "adams")  # no low-precision buffer
+BASE = ("stam", "stam_lite", "adams")  # one per algorithm, default dtypes
+ADAPTIVE = ("stam", "stam_lite", "stam_lite_bf16", "stam_lite_f16", "stam_lite_int8",
+            "stam_energy", "stam_lite_energy")  # β₁
+
+
+def alias(name: str, learning_rate: float = 1e-2, **kw) -> optax.GradientTransformationExtraArgs:
+    """`ALIASES[name](learning_rate, **kw)`."""
+    return ALIASES[name](learning_rate, **kw)
+
+
+def transform(name: str, **kw) -> optax.GradientTransformationExtraArgs:
+    """`TRANSFORMS[name](**kw)`."""
+    return TRANSFORMS[name](**kw)
