@@ -103,8 +103,11 @@ def _quantized_shardings(q: qz.QuantizedArray, param_sharding: Sharding | None,
         ways = math.prod(mesh.shape[a] for a in names)
         if n_blocks % ways or n_blocks * block != param_shape[-1]:
             last = None
-    return qz.QuantizedArray(NamedSharding(mesh, PartitionSpec(*spec[:-1], last, None)),
-                             NamedSharding(mesh, PartitionSpec(*spec[:-1], last)))
+    codes = (*spec[:-1], last)  # and the block axis unsharded
+    while codes and codes[-1] is None:  # the form jit gives its outputs (one program)
+        codes = codes[:-1]
+    return qz.QuantizedArray(NamedSharding(mesh, PartitionSpec(*codes)),
+                             NamedSharding(mesh, PartitionSpec(*codes)))
 
 
 def state_shardings(opt: optax.GradientTransformation, params: Any) -> Any:

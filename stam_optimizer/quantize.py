@@ -186,7 +186,16 @@ def codes_spec(spec: tuple, mesh: jax.sharding.Mesh, shape: tuple[int, ...],
     last = spec[-1]
     if last is not None and (n_blocks % _axis_size(mesh, last) or n_blocks * block != shape[-1]):
         last = None
-    return jax.sharding.PartitionSpec(*spec[:-1], last, None)
+    return _trimmed(*spec[:-1], last, None)
+
+
+def _trimmed(*entries) -> jax.sharding.PartitionSpec:
+    """A PartitionSpec without trailing None entries: the form jit gives its outputs,
+    so a state placed here and a state a jitted step returns hit one compiled program."""
+    entries = list(entries)
+    while entries and entries[-1] is None:
+        entries.pop()
+    return jax.sharding.PartitionSpec(*entries)
 
 
 def _reshape(x: jax.Array, shape: tuple[int, ...], spec: jax.sharding.PartitionSpec | None):
@@ -328,7 +337,7 @@ def zeros_like(x: jax.Array, block: int = 256) -> QuantizedArray:
         return zeros(x.shape, block)
     mesh, spec = found
     spec = codes_spec(spec, mesh, x.shape, block)
-    scale_spec = jax.sharding.PartitionSpec(*spec[:-1])
+    scale_spec = _trimmed(*tuple(spec)[:len(x.shape)])
     if _explicit(x) is not None:
         codes = jnp.full_like(blocks(jnp.zeros_like(x, dtype=jnp.uint8), block, spec), OFFSET)
         return QuantizedArray(codes, jnp.zeros_like(codes[..., 0], dtype=jnp.float32))

@@ -43,8 +43,9 @@ class ScaleByStamState(NamedTuple):
         overflows the statistics dtype (in float32: an entry with |g−μ| above
         about 1.8e19, whose square is inf, or sums beyond about 3.4e38).
         Saturates at 2³¹−1. Read it with `tree_nonfinite`.
-      res_energy: P, EMA of mean(r²), one per tensor under `signal="energy"`;
-        an empty vector under "spec" (so the SPEC state's size is unchanged).
+      res_energy: P, EMA of mean(r²), one per tensor, updated under
+        `signal="energy"` and left at 0 under "spec" (the state has the same
+        structure and shapes under either signal, so checkpoints move between them).
       grad_energy: Q, EMA of mean(g²); like `res_energy`.
     """
 
@@ -148,7 +149,6 @@ def scale_by_stam(
         c.check_real("scale_by_stam", params)
         leaves = jax.tree.leaves(params)
         n, dt = len(leaves), c.stat_dtype(leaves)
-        n_energy = n if energy else 0
         return ScaleByStamState(
             count=jnp.zeros([], jnp.int32),
             mu=c.zeros_like_tree(params, mu_dtype),
@@ -158,8 +158,8 @@ def scale_by_stam(
             beta1=c.vector(n, b1_base, dt, leaves),
             beta1_prod=c.vector(n, 1.0, dt, leaves),
             nonfinite=c.vector(n, 0, jnp.int32, leaves),
-            res_energy=c.vector(n_energy, 0.0, dt, leaves),
-            grad_energy=c.vector(n_energy, 0.0, dt, leaves),
+            res_energy=c.vector(n, 0.0, dt, leaves),
+            grad_energy=c.vector(n, 0.0, dt, leaves),
         )
 
     def update_fn(updates, state, params=None, **extra_args):

@@ -44,8 +44,9 @@ class ScaleByStamLiteState(NamedTuple):
         statistics dtype (in float32: an entry with |g| above about 1.8e19,
         whose square is inf, or sums beyond about 3.4e38). Saturates at
         2³¹−1. Read it with `tree_nonfinite`.
-      res_energy: P, EMA of mean((g − μ)²), one per tensor under `signal="energy"`;
-        an empty vector under "spec" (so the SPEC state's size is unchanged).
+      res_energy: P, EMA of mean((g − μ)²), one per tensor, updated under
+        `signal="energy"` and left at 0 under "spec" (same structure and shapes
+        under either signal).
     """
 
     count: jax.Array
@@ -258,7 +259,7 @@ def scale_by_stam_lite(
             beta1=c.vector(n, b1_base, dt, leaves),
             beta1_prod=c.vector(n, 1.0, dt, leaves),
             nonfinite=c.vector(n, 0, jnp.int32, leaves),
-            res_energy=c.vector(n if energy else 0, 0.0, dt, leaves),
+            res_energy=c.vector(n, 0.0, dt, leaves),
         )
 
     def update_fn(updates, state, params=None, **extra_args):

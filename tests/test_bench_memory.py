@@ -16,8 +16,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import stam_optimizer as so
 from stam_optimizer.benchmarks import memory, registry
 from stam_optimizer.stam_lite import ScaleByStamLiteState
 
@@ -322,8 +324,18 @@ def test_resource_report_file_path_form(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     # The line 0.1.0 printed for small_mlp ("ratio=1.0005x"), in the same format; the
-    # state now also holds one int32 count of non-finite steps per tensor.
-    assert lines[0] == "small_mlp: AdamW state=0.13MB, STAM state=0.13MB, ratio=1.0006x"
+    # ratio now counts the per-tensor fields added since (energy signal, non-finite
+    # count), computed here from the abstract states' leaves.
+    params = memory.small_mlp()
+
+    def nbytes(tx):
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(jax.eval_shape(
+            tx.init, params)))
+
+    ratio = nbytes(so.stam()) / nbytes(optax.adamw(1e-3))
+    assert 1.0005 < ratio < 1.001  # a few scalars per tensor on 0.13 MB of buffers
+    assert lines[0] == ("small_mlp: AdamW state=0.13MB, STAM state=0.13MB, "
+                        f"ratio={ratio:.4f}x")
     data = json.loads(out.read_text())
     pattern = re.compile(r"^(\w+): AdamW state=([\d.]+)MB, (.+) state=([\d.]+)MB, "
                          r"ratio=([\d.]+)x$")

@@ -4,7 +4,7 @@
 
 For each model prints one line per STAM variant in the 0.1.0 format,
 
-    small_mlp: AdamW state=0.13MB, STAM state=0.13MB, ratio=1.0005x
+    small_mlp: AdamW state=0.13MB, STAM state=0.13MB, ratio=1.0008x
 
 followed by the same line for STAMLite with float32, bfloat16 and int8 state,
 and writes results/resource_report.json. MB is 2**20 bytes. The byte counts
