@@ -223,7 +223,7 @@ def as_arrays(tree: Any) -> Any:
     raises a warning and no weakly typed state causes a recompile.
     """
     def convert(x):
-        if isinstance(x, jax.Array):
+        if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):  # abstract inputs stay abstract
             return x
         return jnp.asarray(x, jnp.result_type(x))
 

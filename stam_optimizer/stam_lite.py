@@ -201,7 +201,7 @@ def scale_by_stam_lite(
         keyed from `seed` and the step count, so runs are reproducible. Use it for
         β₁ close to 1, where nearest rounding can freeze small entries of μ.
       seed: seed of the stochastic rounding.
-      signal: the β₁ signal, "spec" (default, SPEC.md and 0.1.0) or "energy"
+      signal: the β₁ signal, "spec" (default, docs/math.md and 0.1.0) or "energy"
         (float state dtypes only: it reads μ in the statistics pass).
 
     The "int8" state keeps μ as `quantize.QuantizedArray` (square-law codes as
