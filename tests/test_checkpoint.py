@@ -38,8 +38,8 @@ from stam_optimizer import quantize as qz  # noqa: E402
 
 K, M = 3, 3  # steps before the checkpoint, steps after it
 LR = 1e-2
-# FSDP-sharded leaves whose int8 layout today depends on the shard, one replicated
-# bias (under min_quantized_size) and a scalar.
+# FSDP-sharded leaves whose shards are not whole int8 blocks, one replicated bias
+# (under min_quantized_size) and a scalar.
 MIXED = {"w1": (16, 12), "w2": (24, 40), "b": (13,), "s": ()}
 # Every shard of these holds a multiple of 256 elements on 8, 4, 2 and 1 devices.
 ALIGNED = {"w": (64, 32), "v": (32, 64), "b": (13,)}
@@ -54,6 +54,9 @@ CASES = {  # name: (optimizer factory, parameter shapes)
     "stam_bf16": (lambda: so.stam(LR, mu_dtype="bfloat16"), MIXED),
     "stam_lite": (lambda: so.stam_lite(LR), MIXED),
     "stam_lite_bf16": (lambda: so.stam_lite(LR, state_dtype="bfloat16"), MIXED),
+    "stam_lite_f16": (lambda: so.stam_lite(LR, state_dtype="float16"), MIXED),
+    "stam_energy": (lambda: so.stam(LR, signal="energy"), MIXED),
+    "stam_lite_energy": (lambda: so.stam_lite(LR, signal="energy"), MIXED),
     "stam_lite_int8": (_int8, MIXED),
     "stam_lite_int8_aligned": (_int8, ALIGNED),
     "adams": (lambda: so.adams(LR), MIXED),
@@ -171,7 +174,7 @@ LOWP_TOL = LR * 2**-7 * M
 
 
 def _tolerance(name: str) -> float:
-    return LOWP_TOL if ("bf16" in name or "int8" in name) else F32_TOL
+    return LOWP_TOL if any(k in name for k in ("bf16", "f16", "int8")) else F32_TOL
 
 
 def _case_params():
