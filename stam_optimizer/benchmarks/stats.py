@@ -100,6 +100,14 @@ def interval(diff: PairedDiff, confidence: float) -> tuple[float, float]:
     return diff.mean - half, diff.mean + half
 
 
+def _sorted_p(p_values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The p-values as floats, an all-nan result of their shape, and the indices
+    of the non-nan ones in ascending (stable) order."""
+    p = _as_float_array(p_values)
+    idx = np.flatnonzero(~np.isnan(p))
+    return p, np.full(p.shape, NAN), idx[np.argsort(p[idx], kind="stable")]
+
+
 def holm(p_values) -> np.ndarray:
     """Holm–Bonferroni adjusted p-values, in the input order.
 
@@ -107,13 +115,10 @@ def holm(p_values) -> np.ndarray:
     running maximum keeps the adjusted values monotone, and they are capped at 1.
     nan entries stay nan and do not count in m.
     """
-    p = _as_float_array(p_values)
-    out = np.full(p.shape, NAN)
-    idx = np.flatnonzero(~np.isnan(p))
-    if idx.size == 0:
-        return out
-    order = idx[np.argsort(p[idx], kind="stable")]
+    p, out, order = _sorted_p(p_values)
     m = order.size
+    if m == 0:
+        return out
     scaled = p[order] * (m - np.arange(m))
     out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
     return out
@@ -131,13 +136,10 @@ def holm_levels(p_values, alpha: float = 0.05) -> np.ndarray:
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    p = _as_float_array(p_values)
-    out = np.full(p.shape, NAN)
-    idx = np.flatnonzero(~np.isnan(p))
-    if idx.size == 0:
-        return out
-    order = idx[np.argsort(p[idx], kind="stable")]
+    p, out, order = _sorted_p(p_values)
     m = order.size
+    if m == 0:
+        return out
     rejected = holm(p[order]) < alpha  # in sorted order: True then False
     r = int(np.argmin(rejected)) if not rejected.all() else m
     k = np.arange(m)
