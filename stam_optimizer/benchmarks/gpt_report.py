@@ -167,7 +167,10 @@ def _sensitivity_figure(tasks: Tasks, path: Path) -> Path | None:
     if not drawn:
         return None
     axes[0].set_ylabel("LR sensitivity (nats; lower is better)")
-    axes[1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes),
+                          key=lambda hl: len(hl[0]))  # the panel with the most lines
+    axes[1].legend(handles, labels, fontsize="small", loc="upper left",
+                   bbox_to_anchor=(1.01, 1.0))
     return plots.save(fig, path)
 
 

@@ -177,8 +177,8 @@ def memory_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
     p = argparse.ArgumentParser()
     memory.add_arguments(p)
     argv = ["--models", models, "--output", str(out / "memory.json")]
-    if size != "full":
-        argv.append("--no-compiled")
+    if size != "full":  # compiling ~20 updates and train steps takes minutes
+        argv += ["--no-compiled", "--no-train-step"]
     memory.run(p.parse_args(argv))
 
 
