@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from stam_optimizer import quantize as qz
 from stam_optimizer._validation import (  # noqa: F401 (the check_* helpers live there)
     as_arrays,
     check_b1_min,
@@ -190,17 +191,14 @@ def tensor_sums(
 def explicitly_sharded(x: jax.Array) -> bool:
     """True when the type of `x` carries a sharding over an Explicit mesh axis
     (then flattening it, for instance, needs an output sharding)."""
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    spec, mesh = getattr(sharding, "spec", None), getattr(sharding, "mesh", None)
-    if spec is None or mesh is None or not getattr(mesh, "axis_names", ()):
+    found = qz.explicit_sharding(x)
+    if found is None:
         return False
+    mesh, spec = found
     explicit = {name for name, kind in zip(mesh.axis_names, mesh.axis_types)
                 if kind == jax.sharding.AxisType.Explicit}
-    for entry in tuple(spec):
-        names = entry if isinstance(entry, tuple) else (entry,)
-        if any(name in explicit for name in names if name is not None):
-            return True
-    return False
+    return any(name in explicit for entry in spec if entry is not None
+               for name in (entry if isinstance(entry, tuple) else (entry,)))
 
 
 def store(x: jax.Array, dtype: jnp.dtype) -> jax.Array:

@@ -45,7 +45,6 @@ References:
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -95,19 +94,9 @@ def _quantized_shardings(q: qz.QuantizedArray, param_sharding: Sharding | None,
     if not isinstance(param_sharding, NamedSharding) or param_sharding.is_fully_replicated:
         return qz.QuantizedArray(replicated, replicated)
     mesh = param_sharding.mesh
-    spec = tuple(param_sharding.spec) + (None,) * (len(param_shape) - len(param_sharding.spec))
-    n_blocks, block = q.codes.shape[-2:]
-    last = spec[-1]
-    if last is not None:
-        names = last if isinstance(last, tuple) else (last,)
-        ways = math.prod(mesh.shape[a] for a in names)
-        if n_blocks % ways or n_blocks * block != param_shape[-1]:
-            last = None
-    codes = (*spec[:-1], last)  # and the block axis unsharded
-    while codes and codes[-1] is None:  # the form jit gives its outputs (one program)
-        codes = codes[:-1]
-    return qz.QuantizedArray(NamedSharding(mesh, PartitionSpec(*codes)),
-                             NamedSharding(mesh, PartitionSpec(*codes)))
+    codes = qz.codes_spec(param_sharding.spec, mesh, param_shape, blocks=q.codes.shape[-2:])
+    return qz.QuantizedArray(NamedSharding(mesh, codes),
+                             NamedSharding(mesh, qz.scales_spec(codes, len(param_shape))))
 
 
 def state_shardings(opt: optax.GradientTransformation, params: Any) -> Any:

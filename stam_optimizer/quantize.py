@@ -155,7 +155,7 @@ def layout(shape: tuple[int, ...], block_size: int = 256) -> tuple[int, int]:
     return n_blocks, max(1, -(-n // n_blocks))
 
 
-def _explicit(x: jax.Array) -> tuple[jax.sharding.AbstractMesh, tuple] | None:
+def explicit_sharding(x: jax.Array) -> tuple[jax.sharding.AbstractMesh, tuple] | None:
     """The mesh and spec of `x` when its type carries an Explicit-axis sharding."""
     sharding = getattr(jax.typeof(x), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
@@ -173,20 +173,27 @@ def _axis_size(mesh: jax.sharding.Mesh, entry: str | tuple[str, ...]) -> int:
 
 
 def codes_spec(spec: tuple, mesh: jax.sharding.Mesh, shape: tuple[int, ...],
-               block_size: int = 256) -> jax.sharding.PartitionSpec:
+               block_size: int = 256, *,
+               blocks: tuple[int, int] | None = None) -> jax.sharding.PartitionSpec:
     """Partition spec of the codes of a tensor of `shape` sharded by `spec` over `mesh`.
 
     The leading axes keep their entries. The last axis's entry goes to the
     block axis when the blocks tile every shard (`n_blocks` a multiple of the
     entry's devices and no padding); otherwise the codes are replicated along it.
-    The scales take the spec without its last entry.
+    The scales take the spec without its last entry (`scales_spec`). `blocks`:
+    the `(n_blocks, block)` of existing codes, instead of `layout(shape, block_size)`.
     """
     spec = tuple(spec) + (None,) * (len(shape) - len(spec))
-    n_blocks, block = layout(shape, block_size)
+    n_blocks, block = layout(shape, block_size) if blocks is None else blocks
     last = spec[-1]
     if last is not None and (n_blocks % _axis_size(mesh, last) or n_blocks * block != shape[-1]):
         last = None
     return _trimmed(*spec[:-1], last, None)
+
+
+def scales_spec(codes: jax.sharding.PartitionSpec, ndim: int) -> jax.sharding.PartitionSpec:
+    """Partition spec of the block scales of a `ndim`-D tensor whose codes have `codes`."""
+    return _trimmed(*tuple(codes)[:ndim])
 
 
 def _trimmed(*entries) -> jax.sharding.PartitionSpec:
@@ -201,7 +208,7 @@ def _trimmed(*entries) -> jax.sharding.PartitionSpec:
 def _reshape(x: jax.Array, shape: tuple[int, ...], spec: jax.sharding.PartitionSpec | None):
     if spec is None:
         return x.reshape(shape)
-    found = _explicit(x)
+    found = explicit_sharding(x)
     if found is not None:  # a NamedSharding works outside `jax.set_mesh` too
         return jnp.reshape(x, shape, out_sharding=jax.sharding.NamedSharding(found[0], spec))
     return jnp.reshape(x, shape, out_sharding=spec)
@@ -215,7 +222,7 @@ def blocks(x: jax.Array, block_size: int = 256,
     without it, an Explicit-sharded `x` gets the spec `codes_spec` gives it.
     """
     n_blocks, block = layout(x.shape, block_size)
-    if spec is None and (found := _explicit(x)) is not None:
+    if spec is None and (found := explicit_sharding(x)) is not None:
         spec = codes_spec(found[1], found[0], x.shape, block_size)
     pad = n_blocks * block - x.shape[-1]
     if pad:
@@ -329,7 +336,7 @@ def zeros_like(x: jax.Array, block: int = 256) -> QuantizedArray:
     a jitted `init` on an Auto-axis mesh, XLA places them.
     """
     sharding = getattr(x, "sharding", None)
-    found = _explicit(x)
+    found = explicit_sharding(x)
     if found is None and isinstance(sharding, jax.sharding.NamedSharding) \
             and not isinstance(x, jax.core.Tracer):
         found = sharding.mesh, tuple(sharding.spec)
@@ -337,8 +344,8 @@ def zeros_like(x: jax.Array, block: int = 256) -> QuantizedArray:
         return zeros(x.shape, block)
     mesh, spec = found
     spec = codes_spec(spec, mesh, x.shape, block)
-    scale_spec = _trimmed(*tuple(spec)[:len(x.shape)])
-    if _explicit(x) is not None:
+    scale_spec = scales_spec(spec, x.ndim)
+    if explicit_sharding(x) is not None:
         codes = jnp.full_like(blocks(jnp.zeros_like(x, dtype=jnp.uint8), block, spec), OFFSET)
         return QuantizedArray(codes, jnp.zeros_like(codes[..., 0], dtype=jnp.float32))
     q = zeros(x.shape, block)

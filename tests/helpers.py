@@ -95,3 +95,13 @@ def max_rel_err(triples) -> float:
         if ref.size and scale > 0:
             worst = max(worst, float(np.max(np.abs(ours - ref))) / scale)
     return worst
+
+
+def shifted_stream(shapes: dict, dtype, steps: int, offset: float) -> tuple[dict, list[dict]]:
+    """Seeded params and `steps` gradients of `shapes`: standard normal entries, the
+    gradients shifted by `offset` (so every tensor has a mean to follow)."""
+    rng = np.random.default_rng(0)
+    params = {k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}
+    grads = [{k: (rng.normal(size=s) + offset).astype(dtype) for k, s in shapes.items()}
+             for _ in range(steps)]
+    return params, grads

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import shifted_stream
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from optimizers_under_test import ALIASES, BASE, alias
@@ -59,14 +60,6 @@ def _meshes(n):
     return out
 
 
-def _stream(dtype):
-    rng = np.random.default_rng(0)
-    params = {k: rng.normal(size=s).astype(dtype) for k, s in SHAPES.items()}
-    grads = [{k: (rng.normal(size=s) + 0.3).astype(dtype) for k, s in SHAPES.items()}
-             for _ in range(STEPS)]
-    return params, grads
-
-
 def _train(tx, params, grads, place):
     step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
         *tx.update(g, s, p)))
@@ -91,7 +84,7 @@ def _factory(name):
 
 
 def _check(name, n, dtype, bound):
-    params, grads = _stream(dtype)
+    params, grads = shifted_stream(SHAPES, dtype, STEPS, 0.3)
     ref, ref_state, ref_structure = _train(_factory(name)(), params, grads,
                                            lambda t: jax.tree.map(jnp.asarray, t))
     for layout, mesh, spec in _meshes(n):

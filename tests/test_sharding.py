@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import shifted_stream
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from optimizers_under_test import ALIASES, BASE, TRANSFORMS, alias, transform
@@ -35,14 +36,6 @@ def _spec(shape):
     return P("fsdp") if shape and shape[0] % 8 == 0 else P()
 
 
-def _stream(dtype, steps=20):
-    rng = np.random.default_rng(0)
-    params = {k: rng.normal(size=s).astype(dtype) for k, s in SHAPES.items()}
-    grads = [{k: (rng.normal(size=s) + 0.5).astype(dtype) for k, s in SHAPES.items()}
-             for _ in range(steps)]
-    return params, grads
-
-
 def _train(tx, params, grads, place):
     step = jax.jit(lambda p, s, g: (lambda u, s: (optax.apply_updates(p, u), s))(
         *tx.update(g, s, p)), donate_argnums=(0, 1))
@@ -56,7 +49,7 @@ def _train(tx, params, grads, place):
 def _run_both(name, dtype, factory=None):
     factory = factory or FACTORIES[name]
     mesh = _mesh()
-    params, grads = _stream(dtype)
+    params, grads = shifted_stream(SHAPES, dtype, 20, 0.5)
     single = _train(factory(), params, grads, lambda t: jax.tree.map(jnp.asarray, t))
     sharded = _train(factory(), params, grads, lambda t: {
         k: jax.device_put(v, NamedSharding(mesh, _spec(v.shape))) for k, v in t.items()})

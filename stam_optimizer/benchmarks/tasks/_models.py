@@ -236,12 +236,11 @@ def classification_task(name: str, suite: str, description: str, model: tuple,
                 test=None if x_test is None else test)
 
 
-def lm_task(name: str, suite: str, description: str, tokens_train: np.ndarray,
-            tokens_val: np.ndarray, vocab: int, *, d: int, layers: int, heads: int, seq: int,
-            steps: int, batch_size: int, eval_every: int, min_effect: float, target: float,
-            val_windows: int = 64) -> Task:
-    """Next-token prediction on a token stream with a small causal transformer."""
-    init, apply = transformer(vocab, d, layers, heads, seq)
+def token_windows(tokens_train: np.ndarray, tokens_val: np.ndarray, seq: int,
+                  batch_size: int, val_windows: int) -> tuple[Callable, jax.Array]:
+    """Language-model data: `batch(key, step)` draws `batch_size` random windows of
+    `seq + 1` tokens from the training stream; the validation set is `val_windows`
+    evenly spaced windows of the validation stream."""
     train = jnp.asarray(tokens_train, jnp.int32)
     starts = np.linspace(0, len(tokens_val) - seq - 1, val_windows).astype(np.int64)
     val = jnp.asarray(np.stack([tokens_val[s:s + seq + 1] for s in starts]), jnp.int32)
@@ -250,6 +249,17 @@ def lm_task(name: str, suite: str, description: str, tokens_train: np.ndarray,
     def batch(key, step):
         s = index(key, (batch_size, 1), train.shape[0] - seq - 1)
         return train[s + offsets]
+
+    return batch, val
+
+
+def lm_task(name: str, suite: str, description: str, tokens_train: np.ndarray,
+            tokens_val: np.ndarray, vocab: int, *, d: int, layers: int, heads: int, seq: int,
+            steps: int, batch_size: int, eval_every: int, min_effect: float, target: float,
+            val_windows: int = 64) -> Task:
+    """Next-token prediction on a token stream with a small causal transformer."""
+    init, apply = transformer(vocab, d, layers, heads, seq)
+    batch, val = token_windows(tokens_train, tokens_val, seq, batch_size, val_windows)
 
     def loss(params, b):
         return xent(apply(params, b[:, :-1]), b[:, 1:])

@@ -36,7 +36,7 @@ import optax
 import stam_optimizer as so
 from stam_optimizer.benchmarks import data, memory
 from stam_optimizer.benchmarks.task import Config, Task
-from stam_optimizer.benchmarks.tasks._models import gpt, index, xent, z_loss
+from stam_optimizer.benchmarks.tasks._models import gpt, token_windows, xent, z_loss
 
 WARMUP_FRACTION = 0.1
 FINAL_LR_FRACTION = 0.1
@@ -209,14 +209,7 @@ def make(cfg: Config, v: Variant) -> Task:
                                                                EVALS[cfg.size])
     warmup = max(1, round(WARMUP_FRACTION * steps))
     init, apply = gpt(vocab, v.d, LAYERS, max(1, v.d // HEAD_DIM), seq, qk_norm=v.qk_norm)
-    train_j = jnp.asarray(train, jnp.int32)
-    starts = np.linspace(0, len(val_stream) - seq - 1, VAL_WINDOWS[cfg.size]).astype(np.int64)
-    val = jnp.asarray(np.stack([val_stream[s:s + seq + 1] for s in starts]), jnp.int32)
-    offsets = jnp.arange(seq + 1)
-
-    def batch(key, step):
-        s = index(key, (batch_size, 1), train_j.shape[0] - seq - 1)
-        return train_j[s + offsets]
+    batch, val = token_windows(train, val_stream, seq, batch_size, VAL_WINDOWS[cfg.size])
 
     def loss(params, b):
         logits = apply(params, b[:, :-1])
