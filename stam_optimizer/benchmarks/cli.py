@@ -45,9 +45,15 @@ def _suite(text: str) -> str:
 
 def _programme(args: argparse.Namespace, suites: list[str], size: str) -> int:
     out = Path(args.out or f"results/{size}")
+    try:
+        extra = [registry.load(spec) for spec in args.optimizer]
+    except ValueError as e:
+        _log(f"stam-bench: --optimizer: {e}")
+        return 2
     _log(f"stam-bench: suites {', '.join(suites)} at size {size} -> {out}")
     counts = programme.run_programme(suites, size, out, data_dir=args.data_dir,
-                                     optimizers=args.optimizers, workers=args.workers,
+                                     optimizers=args.optimizers, extra=extra,
+                                     workers=args.workers,
                                      force=args.force, log=_log)
     _log(f"runs: {counts['done']} done, {counts['skipped']} kept from before, "
          f"{counts['failed']} failed, {counts['missing_data']} tasks without data; "
@@ -141,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with MNIST / Fashion-MNIST / CIFAR-10 files (images suite)")
     common.add_argument("--optimizers", type=optimizer_names, default=None,
                         help="comma-separated registry names (default: the suite's set)")
+    common.add_argument("--optimizer", action="append", default=[], metavar="SPEC",
+                        help="your own optimizer, added to every suite: "
+                             "[NAME=]path/to/file.py:factory or [NAME=]module:factory, "
+                             "factory(learning_rate, weight_decay=) -> optax "
+                             "transformation (repeatable)")
     common.add_argument("--workers", type=positive, default=2,
                         help="jobs compiled and run at once")
     common.add_argument("--force", action="store_true", help="re-run finished runs too")

@@ -57,8 +57,10 @@ class Job:
             f"{self.optimizer}.json"
 
 
-def optimizers_for(suite: str, task: str, size: str, chosen: Sequence[str] | None) -> list[str]:
-    """The optimizers a suite runs on `task` at `size`; `chosen` (--optimizers) overrides."""
+def optimizers_for(suite: str, task: str, size: str, chosen: Sequence[str] | None,
+                   extra: Sequence[str] = ()) -> list[str]:
+    """The optimizers a suite runs on `task` at `size`; `chosen` (--optimizers)
+    overrides, `extra` (--optimizer, user factories) joins every suite."""
     s = SUITES[suite]
     if chosen:
         names = list(chosen)
@@ -70,19 +72,21 @@ def optimizers_for(suite: str, task: str, size: str, chosen: Sequence[str] | Non
         names = list(registry.OPTIMIZERS)
     else:
         names = list(QUICK_OPTIMIZERS) + list(QUICK_EXTRA.get(task, ()))
+    names += [n for n in extra if n not in names]
     if suite == "sweep":
         names = [n for n in names if n in registry.DECOUPLED_WD]
     return names
 
 
-def plan(suites: Sequence[str], size: str, chosen: Sequence[str] | None = None) -> list[Job]:
+def plan(suites: Sequence[str], size: str, chosen: Sequence[str] | None = None,
+         extra: Sequence[str] = ()) -> list[Job]:
     """Every job of `suites`, without duplicates, in suite order."""
     jobs: list[Job] = []
     for suite in suites:
         kind = "sweep" if suite == "sweep" else "run"
         s = SUITES[suite]
         for task in s.quick_tasks if size != "full" and s.quick_tasks is not None else s.tasks:
-            for name in optimizers_for(suite, task, size, chosen):
+            for name in optimizers_for(suite, task, size, chosen, extra):
                 needs = [DEPENDENT[name]] if name in DEPENDENT and kind == "run" else []
                 if name in DEPENDENT and kind != "run":
                     continue
@@ -254,9 +258,13 @@ def _summary(job: Job, rec: dict, seconds: float) -> str:
 
 
 def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path | None = None,
-                  optimizers: Sequence[str] | None = None, workers: int = 2,
-                  force: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Runs `suites` at `size` into `out`; returns counts of done/skipped/failed jobs."""
+                  optimizers: Sequence[str] | None = None, extra: Sequence[str] = (),
+                  workers: int = 2, force: bool = False,
+                  log: Callable[[str], None] = print) -> dict:
+    """Runs `suites` at `size` into `out`; returns counts of done/skipped/failed jobs.
+
+    `optimizers` replaces each suite's optimizer set; `extra` names registry
+    entries (see `registry.load`) added to every suite."""
     for s in suites:
         if s not in SUITES:
             raise ValueError(f"unknown suite {s!r}; choose from {', '.join(SUITES)}")
@@ -278,7 +286,7 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
 
     tasks: dict[str, Task] = {}
     jobs = []
-    for job in plan(suites, size, optimizers):
+    for job in plan(suites, size, optimizers, extra):
         if job.task not in tasks:
             try:
                 tasks[job.task] = sized(TASKS[job.task](cfg), size)

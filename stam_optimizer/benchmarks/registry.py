@@ -10,7 +10,11 @@ learning-rate x weight-decay sweep can vary inside one compiled program.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import optax
 
@@ -85,6 +89,61 @@ def get(name: str, learning_rate: float = 1e-3,
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name](learning_rate, weight_decay)
+
+
+def load(spec: str) -> str:
+    """Adds a user's optimizer factory to the registry; returns its name.
+
+    `spec` is `[NAME=]path/to/file.py:factory` or `[NAME=]package.module:factory`.
+    The factory is called as `factory(learning_rate, weight_decay=wd)` and must
+    return an optax transformation; the benchmarks treat
+    its update as linear in the learning rate (they build it once at lr 1 and scale
+    the update), except the gpt suite, which passes its warmup + cosine schedule as
+    `learning_rate`. NAME defaults to the factory's own name. Raises ValueError
+    naming what is wrong with `spec`.
+
+    >>> import jax.numpy as jnp
+    >>> import stam_optimizer.benchmarks.registry as r
+    >>> r.load("my_adamw=optax:adamw")
+    'my_adamw'
+    >>> r.get("my_adamw", 1e-3).init({"w": jnp.zeros(3)})[0].count
+    Array(0, dtype=int32)
+    >>> del r.OPTIMIZERS["my_adamw"]
+    """
+    name, sep, target = spec.partition("=")
+    if not sep:
+        name, target = "", spec
+    where, sep, attr = target.rpartition(":")
+    if not sep or not where or not attr:
+        raise ValueError(f"optimizer spec {spec!r}: expected [NAME=]FILE.py:FACTORY or "
+                         "[NAME=]MODULE:FACTORY")
+    if where.endswith(".py") or "/" in where:
+        path = Path(where)
+        if not path.is_file():
+            raise ValueError(f"optimizer spec {spec!r}: no file {where!r}")
+        mod_name = f"stam_bench_user_{path.stem}"
+        mod_spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[mod_name] = module
+        mod_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ValueError(f"optimizer spec {spec!r}: cannot import {where!r} ({e})") from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"optimizer spec {spec!r}: {where!r} has no callable {attr!r}")
+    name = name or attr
+    if name in OPTIMIZERS or name.startswith(CONST_BETA_PREFIX):
+        raise ValueError(f"optimizer spec {spec!r}: {name!r} is a registry name already; "
+                         "give yours another with NAME=")
+    tx = factory(1e-3, weight_decay=WD)
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+        raise ValueError(f"optimizer spec {spec!r}: {attr}(learning_rate, weight_decay=) "
+                         f"returned {type(tx).__name__}, not an optax transformation")
+    OPTIMIZERS[name] = lambda lr, wd=WD: factory(lr, weight_decay=wd)
+    return name
 
 
 def parse_names(text: str) -> list[str]:

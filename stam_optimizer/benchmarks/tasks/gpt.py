@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 import stam_optimizer as so
-from stam_optimizer.benchmarks import data, memory
+from stam_optimizer.benchmarks import data, memory, registry
 from stam_optimizer.benchmarks.task import Config, Task
 from stam_optimizer.benchmarks.tasks._models import gpt, token_windows, xent, z_loss
 
@@ -105,7 +105,9 @@ def _matrices_only(params):
 
 def llm_optimizer(name: str, lr: Any, steps: int, warmup: int) -> optax.GradientTransformation:
     """The optimizer `name` with the suite's recipe at peak learning rate `lr`
-    (a float or a traced scalar): clipping, schedule, weight decay, LLM betas."""
+    (a float or a traced scalar): clipping, schedule, weight decay, LLM betas.
+    Any other registry name (a user's factory, `registry.load`) is built at the
+    schedule and the suite's weight decay, with its own defaults otherwise."""
     mult = warmup_cosine(steps, warmup)
     sched = lambda t: lr * mult(t)  # noqa: E731
     wd = WEIGHT_DECAY
@@ -133,9 +135,11 @@ def llm_optimizer(name: str, lr: Any, steps: int, warmup: int) -> optax.Gradient
         tx = optax.contrib.schedule_free_adamw(
             lambda t: lr * jnp.minimum((jnp.asarray(t, jnp.float32) + 1) / warmup, 1.0),
             b1=B1, b2=B2, eps=EPS, weight_decay=wd)
+    elif name in registry.OPTIMIZERS:  # e.g. a user's factory (`registry.load`)
+        tx = registry.get(name, sched, wd)
     else:
-        raise ValueError(f"optimizer {name!r} has no gpt recipe; choose from "
-                         f"{', '.join(OPTIMIZERS)}")
+        raise ValueError(f"optimizer {name!r} has no gpt recipe and is not in the registry; "
+                         f"choose from {', '.join(OPTIMIZERS)}")
     return optax.chain(optax.clip_by_global_norm(CLIP_NORM), tx)
 
 
