@@ -114,11 +114,11 @@ def adams(
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamS optimizer: `scale_by_adams`, decoupled weight decay, learning rate.
 
-    Updates are added to params: `θ ← θ − lr·(u + λ·θ)`.
+    Updates are added to params: `θ ← θ − lr·(u + λ·θ)`. `b1`, `b2`, `eps` and
+    `mu_dtype` are those of `scale_by_adams`.
 
     Args:
       learning_rate: a float ≥ 0 or an optax schedule. Default 1e-3.
-      b1, b2, eps, mu_dtype: see `scale_by_adams`.
       weight_decay: λ ≥ 0 (or a schedule). Default 0.1, the paper's value for
         its pretraining runs (taken over from the AdamW baseline).
       mask: pytree or callable choosing the leaves that decay (optax convention).

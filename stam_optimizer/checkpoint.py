@@ -176,7 +176,8 @@ def save(directory: str | os.PathLike, params: Any, opt_state: Any, *,
 
     Args:
       directory: the checkpoint's directory; it must not exist unless `force`.
-      params, opt_state: trees of arrays, sharded in any way.
+      params: a tree of arrays, sharded in any way.
+      opt_state: the optimizer state of `params`, sharded in any way.
       force: overwrite an existing checkpoint. Default False.
     """
     ocp = _orbax()

@@ -24,33 +24,11 @@ of N and the row is not padded (`n` a multiple of `N·block`); otherwise the
 codes are replicated along that mesh axis (N times the state of that tensor
 per device) and XLA moves the gradient to that layout in every update.
 
-The code map was chosen by measurement (issue #5) from: the float8-e4m3 cast
-of `448·x/s` (the previous format), linear int8 (`round(127·x/s)`), and this
-square law (a signed power map, decoded by squaring). Round-trip errors per
-element on 1M-element float32 tensors, block 256, nearest rounding, in
-percent: the relative error |x̂−x|/|x| over the nonzero entries as
-median / 99th percentile / max, then the RMS error over the RMS value::
-
-    tensor                 float8 e4m3           linear int8           square law (chosen)
-    Gaussian               2.2 / 5.5 / 100, 2.6  0.8 / 93 / 100, 0.7   0.8 / 7.1 / 288, 0.7
-    Student-t, nu = 3      2.2 / 5.5 / 100, 2.3  2.2 / 100 / 100, 1.8  1.3 / 13 / 299, 0.9
-    Gaussian, 0.1% x100    2.2 / 5.5 / 100, 1.0  1.2 / 100 / 100, 3.4  1.0 / 19 / 300, 0.6
-    momentum-like EMA      2.2 / 5.5 / 100, 2.6  0.6 / 31 / 100, 0.6   0.7 / 5.5 / 250, 0.7
-
-(The EMA tensor is 30 steps of a β = 0.9 average of Gaussian gradients with a
-mean, rows scaled by log-normal factors.) A maximum of 100% is an entry
-rounded to zero: 0.0003%–0.004% of the entries for e4m3, 0.6%–6% for linear
-int8, 0.002%–0.03% for the square law; its larger maxima are tiny entries
-rounded up to the smallest code. The square law's RMS error is 1.7–4x below
-e4m3's (whose top binade is coarse: largest error 3.6% of the block maximum
-against 0.8%); linear int8 matches it on Gaussian-like tensors but is 2–6x
-worse with heavy tails or outliers and zeroes many small entries. The square
-law is also as cheap as linear int8, and much cheaper than e4m3, in STAMLite's
-fused update (update time ÷ optax.adamw's on the `stam-bench speed`
-trees square8 / large64): square law 1.41 / 1.38, linear 1.42 / 1.29, e4m3
-through XLA's float8 conversion 3.68 / 3.60, e4m3 decoded with integer bit
-operations 2.96 / 2.89. Decoding is an integer-to-float conversion and two
-multiplications; encoding a square root and a rounding.
+The square law keeps more of the small entries than a linear map at the same
+8 bits (heavy-tailed momenta lose fewer entries to zero) and costs as little:
+decoding is an integer-to-float conversion and two multiplications, encoding a
+square root and a rounding. The round-trip errors that chose it over float8
+e4m3 and linear int8 are in the documentation (Memory).
 
 Stochastic rounding (optional) rounds up or down to the neighbouring codes with
 probabilities that make the stored value unbiased, so a high-β₁ momentum keeps

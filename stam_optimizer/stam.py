@@ -244,11 +244,12 @@ def stam(
     r"""STAM optimizer: `scale_by_stam`, decoupled weight decay, learning rate.
 
     Updates are added to params (optax convention): `θ ← θ − lr·(u + λ·θ)`.
+    `b1_base`, `b2`, `eps`, `adapt_strength`, `tau_decay`, `fallback_threshold`,
+    `b1_min`, `mu_dtype` and `signal` ("spec" by default, or "energy") are those
+    of `scale_by_stam`.
 
     Args:
       learning_rate: a float ≥ 0 or an optax schedule `count -> lr`. Default 1e-3.
-      b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold, b1_min,
-        mu_dtype, signal: see `scale_by_stam` (signal: "spec" default, or "energy").
       weight_decay: λ ≥ 0 (or a schedule). Default 0.01.
       mask: pytree or callable choosing the leaves that decay (optax convention).
         Under `optax.inject_hyperparams` pass `static_args=("mask",)`, or a callable

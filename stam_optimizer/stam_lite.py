@@ -357,9 +357,10 @@ def stam_lite(
       weight_decay: λ ≥ 0 (or a schedule). Default 0.01.
       mask: pytree or callable choosing the leaves that decay (optax convention);
         under `optax.inject_hyperparams` pass `static_args=("mask",)`.
-      Others (including the int8 options `block_size`, `min_quantized_size`,
-        `quantize_mask`, `stochastic_rounding`, `seed`, and `signal`: "spec"
-        default, or "energy"): see `scale_by_stam_lite`.
+
+    The other arguments (including the int8 options `block_size`,
+    `min_quantized_size`, `quantize_mask`, `stochastic_rounding`, `seed`, and
+    `signal`: "spec" by default, or "energy") are those of `scale_by_stam_lite`.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax

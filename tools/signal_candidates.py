@@ -7,7 +7,7 @@ are the SPEC.md signals (checked against the library by `tools/signal_table.py`
 and the tests); the others are the candidates of docs/signal.md.
 
     PYTHONPATH=. python tools/signal_candidates.py [--n 4096] [--steps 3000]
-        [--output docs/signal_candidates.json]
+        [--output docs/results/signal/candidates.json]
 
 Prints a markdown table: per candidate and stream, β₁ before the change →
 extreme within the window (signed change, steps to it), and whether the
