@@ -75,7 +75,7 @@ def worker(args: argparse.Namespace) -> int:
     from jax.sharding import PartitionSpec as P
 
     from stam_optimizer.benchmarks import registry
-    from stam_optimizer.benchmarks.speed import _transformer_task
+    from stam_optimizer.benchmarks.speed import transformer_task
 
     n = jax.device_count()
     if n != args.devices:
@@ -83,7 +83,7 @@ def worker(args: argparse.Namespace) -> int:
         return 2
     mesh = jax.make_mesh((n,), ("fsdp",), axis_types=(AxisType.Auto,))
     batch = 2 * n
-    params, loss_fn, tokens = _transformer_task(jax.random.PRNGKey(0), batch=batch,
+    params, loss_fn, tokens = transformer_task(jax.random.PRNGKey(0), batch=batch,
                                                 return_tokens=True)
 
     def spec(x):

@@ -12,16 +12,24 @@ import numpy as np
 import optax
 import pytest
 
-from stam_optimizer.benchmarks import files, gpt_report, programme, registry, report, runner
+from stam_optimizer.benchmarks import (
+    gpt_report,
+    models,
+    programme,
+    records,
+    registry,
+    report,
+    runner,
+)
 from stam_optimizer.benchmarks.task import Config
-from stam_optimizer.benchmarks.tasks import SUITES, _models
+from stam_optimizer.benchmarks.tasks import SUITES
 from stam_optimizer.benchmarks.tasks import gpt as gpt_tasks
 
 V, D, L, H, T = 11, 16, 2, 2, 6
 
 
 def _model(qk_norm=False):
-    init, apply = _models.gpt(V, D, L, H, T, qk_norm=qk_norm)
+    init, apply = models.gpt(V, D, L, H, T, qk_norm=qk_norm)
     return init(jax.random.key(0)), apply
 
 
@@ -36,7 +44,7 @@ def test_gpt_shapes_untied_head_and_no_biases():
     assert {n.split("/")[-1] for n in names if n.split("/")[-1].startswith("ln")} == {
         "ln1", "ln2", "ln_f"}
     with pytest.raises(ValueError, match="multiple of heads"):
-        _models.gpt(V, 10, 1, 3, T)
+        models.gpt(V, 10, 1, 3, T)
 
 
 @pytest.mark.parametrize("qk_norm", [False, True])
@@ -99,9 +107,9 @@ def test_gpt_forward_and_qk_layernorm_match_numpy(qk_norm):
 def test_z_loss_matches_numpy():
     logits = np.random.default_rng(0).normal(size=(3, 4, 7)) * 3
     lse = np.log(np.exp(logits).sum(-1))
-    np.testing.assert_allclose(_models.z_loss(jnp.asarray(logits, jnp.float32)),
+    np.testing.assert_allclose(models.z_loss(jnp.asarray(logits, jnp.float32)),
                                1e-4 * np.mean(lse**2), rtol=1e-5)
-    np.testing.assert_allclose(_models.z_loss(jnp.asarray(logits, jnp.float32), 0.5),
+    np.testing.assert_allclose(models.z_loss(jnp.asarray(logits, jnp.float32), 0.5),
                                0.5 * np.mean(lse**2), rtol=1e-5)
 
 
@@ -182,8 +190,8 @@ def test_every_recipe_builds_and_gives_finite_updates():
 
     for name, u in updates(grads, params).items():
         assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u)), name
-    with pytest.raises(ValueError, match="no gpt recipe"):
-        gpt_tasks.llm_optimizer("sgd_momentum", 1e-2, 20, 2)
+    with pytest.raises(ValueError, match="no gpt recipe and is not in the registry"):
+        gpt_tasks.llm_optimizer("no_such_optimizer", 1e-2, 20, 2)
 
 
 def test_clipping_comes_first_in_every_recipe():
@@ -225,13 +233,13 @@ def test_tiny_suite_end_to_end_writes_the_report_section(tmp_path):
     assert np.asarray(sens["train_loss"]).shape == (len(sens["lrs"]), len(final),
                                                     task.steps // task.eval_every + 1)
     assert len(sens["start_metric"]) == len(final)
-    files.write_json(str(tmp_path / "runs" / task.name / "adamw.json"), rec)
+    records.write_json(str(tmp_path / "runs" / task.name / "adamw.json"), rec)
     # a second optimizer, made from the first: better by 0.1 at every lr and seed
     other = json.loads(json.dumps(rec)) | {"optimizer": "stam_full"}
     other["final"]["metric"] = [v - 0.1 for v in rec["final"]["metric"]]
     other["lr_sensitivity"]["final_seed_metric"] = [
         [v - 0.1 for v in row] for row in rec["lr_sensitivity"]["final_seed_metric"]]
-    files.write_json(str(tmp_path / "runs" / task.name / "stam_full.json"), other)
+    records.write_json(str(tmp_path / "runs" / task.name / "stam_full.json"), other)
     text = report.build_report(tmp_path).read_text()
     section = text[text.index("## GPT suite"):]
     assert "### gpt_d16_qk" in section and "`stam_full`" in section

@@ -14,7 +14,7 @@ import pytest
 from matplotlib.figure import Figure
 from scipy import stats as sps
 
-from stam_optimizer.benchmarks import claims, plots, report, stats
+from stam_optimizer.benchmarks import claims, plots, records, report, stats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEEDS = [0, 1, 2, 3, 4]
@@ -240,7 +240,7 @@ def test_corrupt_files_are_skipped_with_a_warning(tmp_path):
     _write(tmp_path / "runs" / "other" / "lion.json", {"schema": 1, "kind": "run"})
     (tmp_path / "speed.json").write_text("not json")
     with pytest.warns(UserWarning, match="skipping") as caught:
-        runs = report.load_runs(tmp_path)
+        runs = records.load_runs(tmp_path)
     assert sorted(r["optimizer"] for r in runs) == ["adamw", "stam_full"]
     messages = " ".join(str(w.message) for w in caught)
     assert "nadam.json" in messages and "lion.json" in messages
@@ -260,7 +260,7 @@ def test_corrupt_files_are_skipped_with_a_warning(tmp_path):
 ])
 def test_long_horizon_claim(tmp_path, best, outcome):
     write_runs(tmp_path, {"long_horizon_mlp": {"adamw": 0.0, **best}})
-    tasks = report.group(report.load_runs(tmp_path))
+    tasks = report.group(records.load_runs(tmp_path))
     assert claims.claim_long_horizon(tasks).outcome == outcome
     text = report.build_report(tmp_path).read_text()
     assert f"**Outcome: {outcome}.**" in section(text, "### (b)")
@@ -268,7 +268,7 @@ def test_long_horizon_claim(tmp_path, best, outcome):
 
 def test_sweep_claim_not_reproduced_when_another_optimizer_is_better(tmp_path):
     write_extras(tmp_path)
-    sweeps = report.group(report.load_sweeps(tmp_path))
+    sweeps = report.group(records.load_sweeps(tmp_path))
     assert claims.claim_sweep(sweeps).outcome == "reproduced"
     # the same sweeps with adamw as the candidate: stam_lite beats it clearly
     assert claims.claim_sweep(sweeps, name="adamw").outcome == "not reproduced"
@@ -322,13 +322,13 @@ def test_forest_legend_names_the_verdict_colours(full_report):
     labels = _legend(fig)
     verdicts = {expected_verdict(off) for t in OFFSETS for o, off in OFFSETS[t].items()
                 if o != "adamw"}
-    assert {v for v in labels if v in claims.VERDICTS} == verdicts
+    assert {v for v in labels if v in stats.VERDICTS} == verdicts
     assert {"±min_effect", "95% CI", "Holm CI"} <= set(labels)
     (ax,) = fig.axes
     legend = ax.get_legend()
     colours = {t.get_text(): h.get_color() for t, h in zip(legend.get_texts(),
                                                            legend.legend_handles)
-               if t.get_text() in claims.VERDICTS}
+               if t.get_text() in stats.VERDICTS}
     assert colours == {v: plots.VERDICT_COLORS[v] for v in verdicts}
 
 
@@ -390,7 +390,7 @@ def test_families_are_named_with_their_size_and_corrected_apart(full_report, tmp
     assert (f"* peers vs adamw: {n_peers} comparisons ({n_peers} with a p-value; "
             f"{len(OFFSETS)} tasks × " + ", ".join(f"`{o}`" for o in peers)) in text
     # Holm p of each row = Holm over its own family only, from scipy's paired t-tests
-    runs = report.group(report.load_runs(full_report[0].parent))
+    runs = report.group(records.load_runs(full_report[0].parent))
     for fam in (stam, peers):
         keys = [(t, o) for t in OFFSETS for o in fam]
         ps = [sps.ttest_rel(runs[t][o]["final"]["metric"],
@@ -406,7 +406,7 @@ def test_holm_interval_agrees_with_the_verdict_where_the_raw_one_does_not():
     base = rng.normal(1.0, 0.3, size=4)
     d = np.array([-0.09, -0.06, -0.11, -0.075])  # mean -0.084, t ≈ 7.9, p ≈ 0.004
     tests = {k: (stats.paired_difference(base + d + 0.0005 * k, base), 0.03) for k in range(20)}
-    judged = claims.judge(tests, "twenty")
+    judged = stats.judge(tests, "twenty")
     for j in judged.values():
         assert j.diff.hi < -0.03  # raw CI entirely past min_effect
         assert j.p_holm >= 0.05 and j.verdict == "inconclusive"
@@ -415,13 +415,13 @@ def test_holm_interval_agrees_with_the_verdict_where_the_raw_one_does_not():
     ci = sps.ttest_rel(base + d, base).confidence_interval(1 - 0.05 / 20)
     assert (judged[0].adj_lo, judged[0].adj_hi) == pytest.approx((ci.low, ci.high), rel=1e-9)
     # alone (a family of one) the same difference is a win, and its interval excludes 0
-    alone = claims.judge({0: tests[0]})[0]
+    alone = stats.judge({0: tests[0]})[0]
     assert alone.verdict == "win" and alone.adj_hi < 0 and alone.level == 0.05
 
 
 def test_table_shows_holm_intervals_and_detectable_effects(full_report):
     _, text = full_report
-    runs = report.group(report.load_runs(full_report[0].parent))
+    runs = report.group(records.load_runs(full_report[0].parent))
     m = {"stam": 3 * len(OFFSETS), "peer": len(OFFSETS)}
     for task in OFFSETS:
         rows = _judged_rows(text, task)
@@ -468,7 +468,7 @@ def test_report_names_no_absolute_path(tmp_path):
 
 
 def test_committed_full_report_is_current_and_relative():
-    folder = Path(__file__).resolve().parents[1] / "docs" / "benchmark" / "full"
+    folder = Path(__file__).resolve().parents[1] / "docs" / "results" / "full"
     text = (folder / "report.md").read_text()
     assert not ABSOLUTE.search(text), ABSOLUTE.search(text)
     assert "from the run files in this report's folder" in text

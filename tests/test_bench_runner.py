@@ -16,9 +16,9 @@ import numpy as np
 import optax
 import pytest
 
-from stam_optimizer.benchmarks import cli, files, programme, registry, runner
+from stam_optimizer.benchmarks import cli, models, programme, records, registry, runner
 from stam_optimizer.benchmarks.task import Config, Task
-from stam_optimizer.benchmarks.tasks import SUITES, TASKS, _models, quadratic
+from stam_optimizer.benchmarks.tasks import SUITES, TASKS, quadratic
 
 TINY = Config(size="tiny")
 
@@ -138,7 +138,7 @@ def test_patch_convolution_matches_lax_conv():
         w = jax.random.normal(jax.random.key(1), (3,) * spatial + (shape[-1], 5))
         dims = ("NWC", "WIO", "NWC") if spatial == 1 else ("NHWC", "HWIO", "NHWC")
         ref = jax.lax.conv_general_dilated(x, w, (2,) * spatial, "SAME", dimension_numbers=dims)
-        got = _models._patches(x, spatial) @ w.reshape(-1, 5)
+        got = models._patches(x, spatial) @ w.reshape(-1, 5)
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -247,9 +247,9 @@ def test_tiny_end_to_end_through_the_cli(tmp_path, capsys):
 def test_results_files_get_the_umask_permissions(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
-        assert files.current_umask() == umask
-        path = files.write_json(tmp_path / "sub" / "run.json", {"a": 1})
-        img = files.write_atomic(tmp_path / "fig.png", b"\x89PNG")
+        assert records.current_umask() == umask
+        path = records.write_json(tmp_path / "sub" / "run.json", {"a": 1})
+        img = records.write_atomic(tmp_path / "fig.png", b"\x89PNG")
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == mode
@@ -259,14 +259,14 @@ def test_results_files_get_the_umask_permissions(tmp_path, umask, mode):
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
-    path = files.write_json(tmp_path / "run.json", {"good": True})
+    path = records.write_json(tmp_path / "run.json", {"good": True})
 
     def broken_fsync(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(files.os, "fsync", broken_fsync)
+    monkeypatch.setattr(records.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
-        files.write_json(path, {"good": False})
+        records.write_json(path, {"good": False})
     assert json.loads(path.read_text()) == {"good": True}
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stam_optimizer.benchmarks import signal_streams as ss
-from stam_optimizer.benchmarks.files import write_json
+from stam_optimizer.benchmarks.records import write_json
 
 B1, ALPHA, B1_MIN = 0.9, 0.2, 0.72
 

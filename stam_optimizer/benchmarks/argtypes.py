@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from stam_optimizer.benchmarks import registry
+from stam_optimizer.benchmarks import memory, registry
 
 
 def positive(text: str) -> int:
     """An integer >= 1."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
     return value
@@ -18,7 +21,10 @@ def positive(text: str) -> int:
 
 def nonnegative(text: str) -> int:
     """An integer >= 0."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
     return value
@@ -30,3 +36,20 @@ def optimizer_names(text: str) -> list[str]:
         return registry.parse_names(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def model_names(text: str) -> list[str]:
+    """A comma-separated list of `stam-bench memory` models."""
+    try:
+        return memory.parse_models(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def model_name(text: str) -> str:
+    """One `stam-bench memory` model."""
+    name = text.strip()
+    if name not in memory.MODELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown model {name!r}; choose one of {', '.join(memory.MODELS)}")
+    return name

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a file path from the repository root
 
 import numpy as np  # noqa: E402
 
-from stam_optimizer.benchmarks import argtypes, compat, files, runner, speed  # noqa: E402
+from stam_optimizer.benchmarks import argtypes, compat, records, runner  # noqa: E402
 from stam_optimizer.benchmarks.data import DatasetMissing  # noqa: E402
 from stam_optimizer.benchmarks.task import Config  # noqa: E402
 from stam_optimizer.benchmarks.tasks import real_data  # noqa: E402
@@ -55,15 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out, compile_s, run_s = runner.execute(task, name, [args.lr], list(range(args.seeds)))
     final = runner.derived_metrics(task, out)
-    rec = {"schema": runner.SCHEMA, "kind": "legacy", "command": " ".join(sys.argv),
+    rec = {"schema": records.SCHEMA, "kind": "legacy", "command": " ".join(sys.argv),
            "task": task.name, "optimizer": name, "lr": args.lr, "task_info": task.info(),
            "final": {k: runner._clean(v[0, 0]) for k, v in final.items()},
            "eval_steps": runner.eval_steps(task),
            "curves": {"val_loss": runner._clean(out["metrics/val_loss"][0, 0])},
            "timing": {"compile_s": compile_s, "run_s": run_s},
-           "environment": speed.environment()}
+           "environment": records.environment()}
     output = args.output or f"results/cifar10_cnn_{name}.json"
-    files.write_json(output, rec)
+    records.write_json(output, rec)
     print(f"{name}: validation loss {np.nanmean(final['val_loss'][0, 0]):.4f}, "
           f"test accuracy {np.nanmean(final['test_acc'][0, 0]):.3f}")
     print(f"written: {output}")

@@ -17,13 +17,20 @@ import os
 import sys
 from pathlib import Path
 
-from stam_optimizer.benchmarks import kernel_profile, memory, programme, registry, speed
-from stam_optimizer.benchmarks.argtypes import nonnegative, optimizer_names, positive
-from stam_optimizer.benchmarks.files import write_json
+from stam_optimizer.benchmarks import kernel_profile, memory, programme, records, registry, speed
+from stam_optimizer.benchmarks.argtypes import (
+    model_name,
+    model_names,
+    nonnegative,
+    optimizer_names,
+    positive,
+)
+from stam_optimizer.benchmarks.records import write_json
 from stam_optimizer.benchmarks.tasks import SUITES, TASKS
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
+    """Progress and errors of the commands, on stderr."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -48,14 +55,14 @@ def _programme(args: argparse.Namespace, suites: list[str], size: str) -> int:
     try:
         extra = [registry.load(spec) for spec in args.optimizer]
     except ValueError as e:
-        _log(f"stam-bench: --optimizer: {e}")
+        log(f"stam-bench: --optimizer: {e}")
         return 2
-    _log(f"stam-bench: suites {', '.join(suites)} at size {size} -> {out}")
+    log(f"stam-bench: suites {', '.join(suites)} at size {size} -> {out}")
     counts = programme.run_programme(suites, size, out, data_dir=args.data_dir,
                                      optimizers=args.optimizers, extra=extra,
                                      workers=args.workers,
-                                     force=args.force, log=_log)
-    _log(f"runs: {counts['done']} done, {counts['skipped']} kept from before, "
+                                     force=args.force, log=log)
+    log(f"runs: {counts['done']} done, {counts['skipped']} kept from before, "
          f"{counts['failed']} failed, {counts['missing_data']} tasks without data; "
          f"{counts['seconds']:.0f}s")
     if not args.no_report:
@@ -81,7 +88,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from stam_optimizer.benchmarks import report
 
     if not (Path(args.results) / "runs").is_dir():
-        _log(f"stam-bench report: no runs/ folder in {args.results}; run stam-bench first")
+        log(f"stam-bench report: no runs/ folder in {args.results}; run stam-bench first")
         return 2
     print(f"report: {report.build_report(args.results, args.out_dir)}")
     return 0
@@ -98,9 +105,48 @@ def _trees(text: str) -> list[str]:
     return [_tree(t.strip()) for t in text.split(",") if t.strip()]
 
 
+def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `stam-bench memory`."""
+    parser.add_argument("--models", type=model_names, default=list(memory.MODELS),
+                        help=f"comma-separated models for state bytes: "
+                             f"{', '.join(memory.MODELS)}")
+    parser.add_argument("--optimizers", type=optimizer_names, default=list(registry.OPTIMIZERS),
+                        help="comma-separated registry names (default: all)")
+    parser.add_argument("--compiled-optimizers", type=optimizer_names, default=None,
+                        help="registry names whose compiled update and train step are "
+                             "measured (default: those of --optimizers)")
+    parser.add_argument("--compiled-model", type=model_name, default=memory.DEFAULT_MODEL,
+                        help="model whose compiled update memory is measured")
+    parser.add_argument("--no-compiled", action="store_true",
+                        help="skip the compiled update memory")
+    parser.add_argument("--train-batch", type=positive, default=4,
+                        help="sequences per train step of the transformer (default 4)")
+    parser.add_argument("--train-seq", type=positive, default=256,
+                        help="tokens per sequence of the train step, <= 1024 (default 256)")
+    parser.add_argument("--no-train-step", action="store_true",
+                        help="skip the transformer train step's peak memory")
+    parser.add_argument("--output", default="results/memory.json", help="JSON file to write")
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    try:
+        out = memory.measure(
+            list(args.models), list(args.optimizers),
+            compiled_optimizers=args.compiled_optimizers, compiled_model=args.compiled_model,
+            compiled=not args.no_compiled, train_step=not args.no_train_step,
+            train_batch=args.train_batch, train_seq=args.train_seq, output=args.output,
+            log=log)
+    except ValueError as e:
+        log(f"stam-bench memory: {e}")
+        return 2
+    print(memory.summary(out))
+    print(f"\nwritten: {args.output}")
+    return 0
+
+
 def cmd_speed(args: argparse.Namespace) -> int:
     out = speed.measure(args.trees, [x for x in args.train_tasks.split(",") if x],
-                        args.train_optimizers, args.steps, args.warmup, args.output, _log)
+                        args.train_optimizers, args.steps, args.warmup, args.output, log)
     print("Optimizer update alone (params and state donated), ratio to optax.adamw:\n")
     print(speed.update_table(out["update"]))
     if out["train_step"]:
@@ -113,10 +159,10 @@ def cmd_speed(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     results = []
     for name in args.optimizers:
-        _log(f"profiling {name} on {args.tree} ({args.rounds} steps)")
+        log(f"profiling {name} on {args.tree} ({args.rounds} steps)")
         results.append(kernel_profile.profile_update(args.tree, name, args.rounds, args.warmup))
         print(kernel_profile.table(results[-1], args.top) + "\n")
-    write_json(args.output, {"environment": speed.environment(), "profiles": results,
+    write_json(args.output, {"environment": records.environment(), "profiles": results,
                              "method": kernel_profile.__doc__.strip()})
     print(f"written: {args.output}")
     return 0
@@ -181,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("memory", help="optimizer-state bytes per parameter",
                        description=memory.__doc__)
-    memory.add_arguments(p)
-    p.set_defaults(func=memory.run)
+    add_memory_arguments(p)
+    p.set_defaults(func=cmd_memory)
     p = sub.add_parser("list", help="list optimizers, tasks and suites")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("speed", help="time optimizer updates and train steps fairly",
@@ -231,13 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     except programme.Interrupted as e:
         kept = e.counts.get("done", 0) + e.counts.get("skipped", 0)
         lost = f"; {e.abandoned} running job(s) abandoned" if e.abandoned else ""
-        _log(f"stam-bench: stopped by Ctrl-C; {kept} finished runs are on disk{lost}; "
+        log(f"stam-bench: stopped by Ctrl-C; {kept} finished runs are on disk{lost}; "
              "run the same command again to resume")
         if e.abandoned:
             _exit_now(INTERRUPTED)
         return INTERRUPTED
     except KeyboardInterrupt:
-        _log("stam-bench: stopped by Ctrl-C")
+        log("stam-bench: stopped by Ctrl-C")
         return INTERRUPTED
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stam_optimizer.benchmarks import files, programme, runner, speed, stats
+from stam_optimizer.benchmarks import programme, records, runner, stats
 from stam_optimizer.benchmarks.task import Task
 
 # the optimizers the 0.1.0 runners compared, plus AdamW as the reference
@@ -25,17 +25,17 @@ def run_tasks(tasks: Sequence[Task], optimizers: Sequence[str], seeds: int,
               output: str, command: str) -> dict:
     """Tunes the learning rate (quick grid, one tuning seed) and runs `seeds` final
     seeds for every task x optimizer; writes `output` atomically; prints a table."""
-    records = []
+    runs = []
     for task in tasks:
         task = dataclasses.replace(task, lr_grid=programme.GRIDS["quick"])
         for name in optimizers:
             log(f"{task.name}: {name}")
-            records.append(runner.tune_and_run(task, name, [1000], list(range(seeds)),
+            runs.append(runner.tune_and_run(task, name, [1000], list(range(seeds)),
                                                "custom"))
-    out = {"schema": runner.SCHEMA, "kind": "legacy", "command": command, "runs": records,
-           "environment": speed.environment()}
-    files.write_json(output, out)
-    print(table(records))
+    out = {"schema": records.SCHEMA, "kind": "legacy", "command": command, "runs": runs,
+           "environment": records.environment()}
+    records.write_json(output, out)
+    print(table(runs))
     print(f"\nwritten: {output}")
     return out
 

@@ -36,7 +36,7 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from stam_optimizer.benchmarks.files import write_atomic
+from stam_optimizer.benchmarks.records import write_atomic
 
 __all__ = [
     "CORPUS_SHA256",

@@ -19,8 +19,8 @@ import sys
 if __package__ in (None, ""):  # run as a file path from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from stam_optimizer.benchmarks import files, registry, speed  # noqa: E402
-from stam_optimizer.benchmarks.cli import _log  # noqa: E402
+from stam_optimizer.benchmarks import records, registry, speed  # noqa: E402
+from stam_optimizer.benchmarks.cli import log  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if "adamw" not in names:
         names.append("adamw")
     runs = [speed.time_train_steps(args.task, names, args.timed_steps, args.warmup_steps,
-                                   seed, _log) for seed in range(args.seeds)]
-    files.write_json(args.output, {"environment": speed.environment(), "runs": runs,
+                                   seed, log) for seed in range(args.seeds)]
+    records.write_json(args.output, {"environment": records.environment(), "runs": runs,
                                    "method": speed.__doc__.strip()})
     print(speed.train_table(runs))
     print(f"\nwritten: {args.output}")

@@ -25,18 +25,21 @@ from pathlib import Path
 import numpy as np
 
 from stam_optimizer.benchmarks import plots
-from stam_optimizer.benchmarks.claims import (
+from stam_optimizer.benchmarks.markdown import (
+    interval_text,
+    number,
+    table,
+)
+from stam_optimizer.benchmarks.stats import (
     PRIMARY_PREFIX,
     Judged,
     Tasks,
-    _ci,
-    _f,
-    _floats,
-    _table,
+    floats,
     judge,
+    mean_ci,
+    paired_difference,
     paired_runs,
 )
-from stam_optimizer.benchmarks.stats import mean_ci, paired_difference
 
 SUITE = "gpt"
 SPIKE_RISE = 0.1
@@ -50,7 +53,7 @@ def lr_sensitivity(losses, start: float) -> float:
     """Mean over the sweep of `min(ℓ(η), ℓ₀) − ℓ*` (ℓ* the best finite loss, capped
     at ℓ₀); diverged entries (None, nan, inf) count as ℓ₀. nan when no entry is
     finite or ℓ₀ is not."""
-    x = _floats(losses)
+    x = floats(losses)
     if x.size == 0 or not math.isfinite(start) or not np.isfinite(x).any():
         return math.nan
     capped = np.where(np.isfinite(x), np.minimum(x, start), start)
@@ -60,7 +63,7 @@ def lr_sensitivity(losses, start: float) -> float:
 def count_spikes(curve, rise: float = SPIKE_RISE) -> int:
     """Number of spikes in a training-loss curve (see the module docstring)."""
     best, raised, spikes = math.inf, False, 0
-    for v in _floats(curve):
+    for v in floats(curve):
         if not math.isfinite(v):
             break
         up = v > (1 + rise) * best
@@ -72,7 +75,7 @@ def count_spikes(curve, rise: float = SPIKE_RISE) -> int:
 
 def diverged(curve) -> bool:
     """True when a training-loss curve holds a non-finite value."""
-    return not np.isfinite(_floats(curve)).all()
+    return not np.isfinite(floats(curve)).all()
 
 
 def seed_sensitivities(run: dict, lrs=None) -> np.ndarray:
@@ -80,11 +83,11 @@ def seed_sensitivities(run: dict, lrs=None) -> np.ndarray:
     (default: all of the run's; an extension beyond the grid changes the range, so
     optimizers are compared on the lrs they share, see `common_lrs`)."""
     sens = run["lr_sensitivity"]
-    m = _floats(np.ravel(np.asarray(sens["final_seed_metric"], dtype=object))).reshape(
+    m = floats(np.ravel(np.asarray(sens["final_seed_metric"], dtype=object))).reshape(
         len(sens["lrs"]), -1)
     if lrs is not None:
         m = m[[i for i, lr in enumerate(sens["lrs"]) if lr in set(lrs)]]
-    starts = _floats(sens["start_metric"])
+    starts = floats(sens["start_metric"])
     return np.array([lr_sensitivity(m[:, i], starts[i]) for i in range(m.shape[1])])
 
 
@@ -188,9 +191,9 @@ def _loss_lr_figure(tasks: Tasks, path: Path) -> Path | None:
         for k, (o, r) in enumerate(sorted(runs.items())):
             sens = r["lr_sensitivity"]
             lrs = np.asarray(sens["lrs"], dtype=float)
-            m = _floats(np.ravel(np.asarray(sens["final_seed_metric"], dtype=object))).reshape(
+            m = floats(np.ravel(np.asarray(sens["final_seed_metric"], dtype=object))).reshape(
                 lrs.size, -1)
-            start = float(np.nanmean(_floats(sens["start_metric"])))
+            start = float(np.nanmean(floats(sens["start_metric"])))
             top = start if top is None else max(top, start)
             mean = np.where(np.isfinite(m).all(1), m.mean(1), np.nan)
             bad = ~np.isfinite(mean) | (mean > start)
@@ -212,7 +215,7 @@ def _loss_lr_figure(tasks: Tasks, path: Path) -> Path | None:
 
 def _memory_figure(runs: dict[str, dict], title: str, path: Path) -> Path | None:
     pts = [(o, r["measured"].get("state_bytes"), r["measured"].get("train_step_peak_bytes"),
-            mean_ci(_floats(r["final"]["metric"]))[0]) for o, r in sorted(runs.items())
+            mean_ci(floats(r["final"]["metric"]))[0]) for o, r in sorted(runs.items())
            if r.get("measured")]
     pts = [p for p in pts if p[1] is not None and math.isfinite(p[3])]
     if not pts:
@@ -282,7 +285,7 @@ def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
               "Verdicts vs "
               f"`{baseline}`, paired by seed, Holm-corrected within the STAM family and within "
               "the peers, separately for (a) best loss (min effect: the task's, "
-              f"{_f(first['task_info']['min_effect'])} nats) and (b) LR sensitivity (min "
+              f"{number(first['task_info']['min_effect'])} nats) and (b) LR sensitivity (min "
               f"effect {LRS_MIN_EFFECT:g} nats, fixed before the full run). Schedule-free "
               "AdamW is evaluated at its averaged parameters.", ""]
     path = _sensitivity_figure(tasks, out_dir / "gpt_lr_sensitivity.png")
@@ -291,13 +294,13 @@ def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
                   "with qk-layernorm (z-loss off):", "", f"![gpt LR sensitivity]({path.name})",
                   ""]
     opts = sorted({o for runs in tasks.values() for o in runs})
-    grid = [[f"`{o}`", *(_f(mean_ci(seed_sensitivities(tasks[t][o], common_lrs(tasks[t])))[0],
+    grid = [[f"`{o}`", *(number(mean_ci(seed_sensitivities(tasks[t][o], common_lrs(tasks[t])))[0],
                             3)
                          + ("" if (t, o) not in sens else f" ({sens[(t, o)].verdict})")
                          if o in tasks[t] else "—" for t in order)] for o in opts]
     lines += ["LR sensitivity per optimizer and task (mean over final seeds, nats; in "
               f"brackets the verdict (b) against `{baseline}`):", "",
-              *_table(["optimizer", *(f"`{t}`" for t in order)], grid)]
+              *table(["optimizer", *(f"`{t}`" for t in order)], grid)]
     path = _loss_lr_figure(tasks, out_dir / "gpt_loss_vs_lr.png")
     if path:
         lines += ["Final validation loss against peak learning rate (mean over final seeds; "
@@ -311,9 +314,9 @@ def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
     for t in order:
         runs = tasks[t]
         rows = []
-        for o in sorted(runs, key=lambda o: (not math.isfinite(mean_ci(_floats(
-                runs[o]["final"]["metric"]))[0]), mean_ci(_floats(runs[o]["final"]["metric"]))[0]
-                if math.isfinite(mean_ci(_floats(runs[o]["final"]["metric"]))[0]) else 0, o)):
+        for o in sorted(runs, key=lambda o: (not math.isfinite(mean_ci(floats(
+                runs[o]["final"]["metric"]))[0]), mean_ci(floats(runs[o]["final"]["metric"]))[0]
+                if math.isfinite(mean_ci(floats(runs[o]["final"]["metric"]))[0]) else 0, o)):
             r = runs[o]
             jb, js = best.get((t, o)), sens.get((t, o))
             spikes, with_spike, div = spike_counts(r)
@@ -321,29 +324,31 @@ def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
             meas = r.get("measured") or {}
             note = " (extended)" if r["tuning"].get("extended") else ""
             rows.append([
-                f"`{o}`", _f(r["final"]["lr"], 3) + note, _ci(*mean_ci(_floats(
+                f"`{o}`", number(r["final"]["lr"], 3) + note, interval_text(*mean_ci(floats(
                     r["final"]["metric"]))),
-                "baseline" if o == baseline else "n/a" if jb is None else _ci(*jb.diff[:3]),
+                "baseline" if o == baseline else
+                "n/a" if jb is None else interval_text(*jb.diff[:3]),
                 "" if jb is None else f"**{jb.verdict}**",
-                _ci(*mean_ci(seed_sensitivities(r, common_lrs(runs)))),
-                "baseline" if o == baseline else "n/a" if js is None else _ci(*js.diff[:3]),
+                interval_text(*mean_ci(seed_sensitivities(r, common_lrs(runs)))),
+                "baseline" if o == baseline else
+                "n/a" if js is None else interval_text(*js.diff[:3]),
                 "" if js is None else f"**{js.verdict}**",
                 f"{spikes} ({with_spike}/{n_runs})", f"{div}/{n_runs}",
                 _mib(meas.get("state_bytes")), _mib(meas.get("train_step_peak_bytes"))])
             if jb is not None and math.isfinite(jb.diff.hi - jb.diff.lo) and (
                     jb.diff.hi - jb.diff.lo) / 2 >= r["task_info"]["min_effect"]:
                 wide.append(f"`{t}` · `{o}` (half-width "
-                            f"{_f((jb.diff.hi - jb.diff.lo) / 2, 3)})")
+                            f"{number((jb.diff.hi - jb.diff.lo) / 2, 3)})")
             elif jb is not None and not math.isfinite(jb.diff.hi - jb.diff.lo):
                 wide.append(f"`{t}` · `{o}` (no interval: a seed diverged or too few seeds)")
-        lines += [f"### {t}", "", *_table(header, rows)]
+        lines += [f"### {t}", "", *table(header, rows)]
         widest = max(_variant(r)[0] for rs in tasks.values() for r in rs.values())
         if _variant(next(iter(runs.values())))[0] == widest:
             path = _memory_figure(runs, f"{t}: best loss against memory",
                                   out_dir / f"gpt_memory_{t}.png")
             if path:
                 lines += [f"![{t} loss against memory]({path.name})", ""]
-    min_effect = _f(first["task_info"]["min_effect"])
+    min_effect = number(first["task_info"]["min_effect"])
     lines += ["**Precision.** The 95% CI of the best-loss difference to "
               f"`{baseline}` has a half-width below the minimum effect ({min_effect}) "
               + ("for every comparison." if not wide else

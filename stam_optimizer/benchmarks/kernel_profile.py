@@ -65,7 +65,7 @@ def profile_update(tree_name: str, optimizer: str, rounds: int = 10,
     run, _, box = speed.update_runner(optimizer, tree, speed.update_grads(tree), warmup)
     kernels = hlo_traffic.kernel_list(box["hlo_text"])
     times = kernel_times(run, {k["name"] for k in kernels}, rounds)
-    step_s = float(np.median(speed._interleave({optimizer: run}, rounds)[optimizer]))
+    step_s = float(np.median(speed.interleave({optimizer: run}, rounds)[optimizer]))
     rows = []
     for k in kernels:
         t = times.get(k["name"])

@@ -29,9 +29,7 @@ Sizes are bytes; "MB" in printed lines is 2**20 bytes, as in the 0.1.0 report.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -40,15 +38,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stam_optimizer.benchmarks import files, registry, speed
-from stam_optimizer.benchmarks.argtypes import optimizer_names
+from stam_optimizer.benchmarks import models, records, registry
 
 MB = 2**20
 BASELINE = "adamw"
-# Issue #5: int8 STAMLite state on the transformer, small float32 leaves included.
+# The int8 line of the summary: int8 STAMLite state on the transformer, small
+# float32 leaves and per-tensor scalars included.
 INT8_OPTIMIZER = "stam_lite_int8"
-INT8_TARGET_MODEL = "transformer"
-INT8_TARGET_BYTES_PER_PARAM = 1.10
+DEFAULT_MODEL = "transformer"
 
 MEMORY_ANALYSIS_NOTES = (
     "CPU backend (jax 0.10.2): argument/output/alias/temp_size_in_bytes are filled in; "
@@ -63,49 +60,12 @@ MEMORY_ANALYSIS_NOTES = (
 )
 
 
-def _sds(*shape: int) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(shape, jnp.float32)
-
-
-def _mlp(sizes: tuple[int, ...]) -> dict:
-    """Dense layers with biases between consecutive `sizes`."""
-    return {f"layer{i}": {"w": _sds(a, b), "b": _sds(b)}
-            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
-
-
-def small_mlp() -> dict:
-    """64-128-64 MLP: 16.6k params, AdamW state ≈ 0.13 MB (as in 0.1.0)."""
-    return _mlp((64, 128, 64))
-
-
-def medium_mlp() -> dict:
-    """1024-4096-4096-1024 MLP: 25.2M params, AdamW state ≈ 192.07 MB (as in 0.1.0)."""
-    return _mlp((1024, 4096, 4096, 1024))
-
-
-def wide_linear() -> dict:
-    """One 8192×8192 linear layer with bias: 67.1M params, AdamW state ≈ 512.06 MB."""
-    return {"w": _sds(8192, 8192), "b": _sds(8192)}
-
-
-def transformer(vocab: int = 32000, d: int = 512, layers: int = 4, ctx: int = 1024) -> dict:
-    """Decoder-only transformer: token and position embeddings, pre-norm blocks
-    (layer norms with scale and bias, attention and MLP weights with biases) and
-    a final layer norm; the output head is tied to the token embedding. The
-    defaults give 29.5M params, 27.6k of them in leaves under 4096 elements."""
-    def ln() -> dict:
-        return {"scale": _sds(d), "bias": _sds(d)}
-
-    def block() -> dict:
-        return {"ln1": ln(), "ln2": ln(),
-                "qkv": {"w": _sds(d, 3 * d), "b": _sds(3 * d)},
-                "proj": {"w": _sds(d, d), "b": _sds(d)},
-                "up": {"w": _sds(d, 4 * d), "b": _sds(4 * d)},
-                "down": {"w": _sds(4 * d, d), "b": _sds(d)}}
-
-    return {"embed": _sds(vocab, d), "pos": _sds(ctx, d),
-            "blocks": [block() for _ in range(layers)], "ln_f": ln()}
-
+# The parameter trees measured (abstract: shapes only), from the model zoo.
+small_mlp = models.small_mlp
+medium_mlp = models.medium_mlp
+wide_linear = models.wide_linear
+transformer = models.abstract_transformer
+transformer_loss = models.abstract_transformer_loss
 
 MODELS: dict[str, Callable[[], dict]] = {
     "small_mlp": small_mlp,
@@ -163,46 +123,15 @@ def state_rows(models: list[str], optimizers: list[str]) -> list[dict]:
     return rows
 
 
-def int8_target(model: str = INT8_TARGET_MODEL) -> dict:
-    """Issue #5 check: int8 STAMLite state bytes/param on `model` ≤ 1.10."""
+def int8_state(model: str = DEFAULT_MODEL) -> dict:
+    """int8 STAMLite's state bytes per parameter on `model`, everything counted,
+    and how many times smaller than AdamW's state it is."""
     params = get_model(model)
     n = param_count(params)
     b = state_bytes(registry.get(INT8_OPTIMIZER), params)
     base = state_bytes(registry.get(BASELINE), params)
-    bpp = b / n
     return {"model": model, "optimizer": INT8_OPTIMIZER, "params": n, "state_bytes": b,
-            "bytes_per_param": bpp, "limit": INT8_TARGET_BYTES_PER_PARAM,
-            "times_smaller_than_adamw": base / b, "passed": bpp <= INT8_TARGET_BYTES_PER_PARAM}
-
-
-def transformer_loss(params: dict, tokens: jax.Array) -> jax.Array:
-    """Next-token cross-entropy of the `transformer` parameter tree on `tokens`
-    (batch, seq + 1): pre-norm causal attention (heads of 64, at least one) and
-    a GELU MLP per block, the output head tied to the token embedding."""
-    d = params["embed"].shape[1]
-    heads = max(1, d // 64)
-    batch, seq = tokens.shape[0], tokens.shape[1] - 1
-
-    def norm(x, p):
-        mean = x.mean(-1, keepdims=True)
-        return p["scale"] * (x - mean) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5) \
-            + p["bias"]
-
-    def dense(x, p):
-        return x @ p["w"] + p["b"]
-
-    mask = jnp.tril(jnp.ones((seq, seq), bool))
-    x = params["embed"][tokens[:, :-1]] + params["pos"][:seq]
-    for blk in params["blocks"]:
-        q, k, v = jnp.split(dense(norm(x, blk["ln1"]), blk["qkv"]), 3, axis=-1)
-        q, k, v = (t.reshape(batch, seq, heads, d // heads) for t in (q, k, v))
-        att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // heads)
-        att = jax.nn.softmax(jnp.where(mask, att, -1e9), axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(batch, seq, d)
-        x = x + dense(out, blk["proj"])
-        x = x + dense(jax.nn.gelu(dense(norm(x, blk["ln2"]), blk["up"])), blk["down"])
-    logits = norm(x, params["ln_f"]) @ params["embed"].T
-    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+            "bytes_per_param": b / n, "times_smaller_than_adamw": base / b}
 
 
 def _train_step(tx: optax.GradientTransformation) -> Callable:
@@ -322,15 +251,15 @@ def train_step_rows(optimizers: list[str], batch: int, seq: int,
 
 def bytes_table(rows: list[dict]) -> str:
     """Markdown: state bytes/param (and ratio to AdamW) per optimizer × model."""
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    model_names = list(dict.fromkeys(r["model"] for r in rows))
     optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
     cell = {(r["model"], r["optimizer"]): r for r in rows}
     params = {r["model"]: r["params"] for r in rows}
-    head = " | ".join(f"{m} ({params[m] / 1e6:.2f}M)" for m in models)
-    lines = [f"| optimizer | {head} |", "|---" * (len(models) + 1) + "|"]
+    head = " | ".join(f"{m} ({params[m] / 1e6:.2f}M)" for m in model_names)
+    lines = [f"| optimizer | {head} |", "|---" * (len(model_names) + 1) + "|"]
     for name in optimizers:
         cells = []
-        for m in models:
+        for m in model_names:
             r = cell[(m, name)]
             cells.append(f"{r['bytes_per_param']:.3f} ({r['ratio_to_adamw']:.3f}x)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -374,121 +303,65 @@ def train_step_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def target_line(t: dict) -> str:
-    """PASS/MISS line of the int8 bytes/param target."""
-    verdict = "PASS" if t["passed"] else "MISS"
-    return (f"{verdict}: {t['optimizer']} on {t['model']} = {t['bytes_per_param']:.4f} "
-            f"bytes/param (target <= {t['limit']:.2f}), {t['times_smaller_than_adamw']:.2f}x "
-            "below AdamW, small float32 leaves and scalar state included")
+def int8_line(t: dict) -> str:
+    """One line on int8 STAMLite's state (`int8_state`)."""
+    return (f"{t['optimizer']} on {t['model']}: {t['bytes_per_param']:.4f} bytes/param, "
+            f"{t['times_smaller_than_adamw']:.2f}x below AdamW, small float32 leaves and "
+            "scalar state included")
 
 
-# --- command line ---------------------------------------------------------------
-
-def _model_list(text: str) -> list[str]:
-    try:
-        return parse_models(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-
-
-def _model_name(text: str) -> str:
-    name = text.strip()
-    if name not in MODELS:
-        raise argparse.ArgumentTypeError(
-            f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return name
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the options of `stam-bench memory` to `parser`."""
-    parser.add_argument("--models", type=_model_list, default=list(MODELS),
-                        help=f"comma-separated models for state bytes: {', '.join(MODELS)}")
-    parser.add_argument("--optimizers", type=optimizer_names, default=list(registry.OPTIMIZERS),
-                        help="comma-separated registry names (default: all)")
-    parser.add_argument("--compiled-optimizers", type=optimizer_names, default=None,
-                        help="registry names whose compiled update and train step are "
-                             "measured (default: those of --optimizers)")
-    parser.add_argument("--compiled-model", type=_model_name, default=INT8_TARGET_MODEL,
-                        help="model whose compiled update memory is measured")
-    parser.add_argument("--no-compiled", action="store_true",
-                        help="skip the compiled update memory")
-    parser.add_argument("--train-batch", type=_positive_int, default=4,
-                        help="sequences per train step of the transformer (default 4)")
-    parser.add_argument("--train-seq", type=_positive_int, default=256,
-                        help="tokens per sequence of the train step, <= 1024 (default 256)")
-    parser.add_argument("--no-train-step", action="store_true",
-                        help="skip the transformer train step's peak memory")
-    parser.add_argument("--output", default="results/memory.json", help="JSON file to write")
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Runs `stam-bench memory`: writes the JSON, prints the tables and the int8 verdict."""
+def measure(models: list[str], optimizers: list[str], *,
+            compiled_optimizers: list[str] | None = None, compiled_model: str = DEFAULT_MODEL,
+            compiled: bool = True, train_step: bool = True, train_batch: int = 4,
+            train_seq: int = 256, output: str = "results/memory.json",
+            log: Callable[[str], None] = print) -> dict:
+    """State bytes of `optimizers` on `models`, then (unless switched off) the
+    compiled update's memory on `compiled_model` and the transformer train step's
+    peak, for `compiled_optimizers` (default: `optimizers`). AdamW, the baseline of
+    every ratio, is always measured. The JSON record is rewritten to `output`
+    after each part, so an interruption keeps what was measured. Raises
+    ValueError for a `train_seq` beyond the transformer's context."""
+    for name in models + [compiled_model]:
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     ctx = transformer()["pos"].shape[0]
-    if not args.no_train_step and args.train_seq > ctx:
-        print(f"stam-bench memory: --train-seq must be <= the transformer's context {ctx}, "
-              f"got {args.train_seq}", file=sys.stderr)
-        return 2
-    optimizers = list(args.optimizers)
-    if BASELINE not in optimizers:  # every ratio is to AdamW: always measure it
-        optimizers.append(BASELINE)
-    compiled = list(args.compiled_optimizers or optimizers)
-    if BASELINE not in compiled:
-        compiled.append(BASELINE)
-    out = {"schema": 1, "kind": "memory", "environment": speed.environment(),
+    if train_step and not 1 <= train_seq <= ctx:
+        raise ValueError(f"train_seq (--train-seq) must be in [1, {ctx}], the "
+                         f"transformer's context; got {train_seq}")
+    optimizers = list(optimizers) + ([BASELINE] if BASELINE not in optimizers else [])
+    chosen = list(compiled_optimizers or optimizers)
+    chosen += [BASELINE] if BASELINE not in chosen else []
+    out = {"schema": records.SCHEMA, "kind": "memory", "environment": records.environment(),
            "method": __doc__.strip(), "memory_analysis_notes": MEMORY_ANALYSIS_NOTES,
-           "rows": state_rows(list(args.models), optimizers), "int8_target": int8_target(),
+           "rows": state_rows(list(models), optimizers), "int8_state": int8_state(),
            "compiled": [], "train_step": []}
-    files.write_json(args.output, out)
-    if not args.no_compiled:
-        _log(f"compiling the update of {len(compiled)} optimizers on {args.compiled_model}")
-        out["compiled"] = compiled_rows(args.compiled_model, compiled, _log)
-        files.write_json(args.output, out)
-    if not args.no_train_step:
-        _log(f"compiling the transformer train step ({args.train_batch} x {args.train_seq} "
-             f"tokens) with {len(compiled)} optimizers")
-        out["train_step"] = train_step_rows(compiled, args.train_batch, args.train_seq, _log)
-        files.write_json(args.output, out)
-    print("Optimizer state, bytes per parameter (ratio to optax.adamw):\n")
-    print(bytes_table(out["rows"]))
+    records.write_json(output, out)
+    if compiled:
+        log(f"compiling the update of {len(chosen)} optimizers on {compiled_model}")
+        out["compiled"] = compiled_rows(compiled_model, chosen, log)
+        records.write_json(output, out)
+    if train_step:
+        log(f"compiling the transformer train step ({train_batch} x {train_seq} "
+            f"tokens) with {len(chosen)} optimizers")
+        out["train_step"] = train_step_rows(chosen, train_batch, train_seq, log)
+        records.write_json(output, out)
+    return out
+
+
+def summary(out: dict) -> str:
+    """The tables of a `measure` record, as printed by `stam-bench memory`."""
+    parts = ["Optimizer state, bytes per parameter (ratio to optax.adamw):\n",
+             bytes_table(out["rows"])]
     if out["compiled"]:
-        print("\nCompiled optimizer update (params, grads, state in; params, state out), "
-              "total = argument + output - alias + temp:\n")
-        print(compiled_table(out["compiled"]))
+        parts += ["\nCompiled optimizer update (params, grads, state in; params, state out), "
+                  "total = argument + output - alias + temp:\n", compiled_table(out["compiled"])]
     if out["train_step"]:
         r0 = out["train_step"][0]
-        print(f"\nTransformer train step ({r0['params'] / 1e6:.1f}M params, batch {r0['batch']}"
-              f" x {r0['seq']} tokens): optimizer state next to the step's peak, "
-              "peak = argument + output - alias + temp (params, grads, state, activations, "
-              "temporaries):\n")
-        print(train_step_table(out["train_step"]))
+        parts += [f"\nTransformer train step ({r0['params'] / 1e6:.1f}M params, batch "
+                  f"{r0['batch']} x {r0['seq']} tokens): optimizer state next to the step's "
+                  "peak, peak = argument + output - alias + temp (params, grads, state, "
+                  "activations, temporaries):\n", train_step_table(out["train_step"])]
     if out["compiled"] or out["train_step"]:
-        print(f"\nNote: {MEMORY_ANALYSIS_NOTES}")
-    print()
-    print(target_line(out["int8_target"]))
-    print(f"\nwritten: {args.output}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point with the same options as `stam-bench memory`."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(ap)
-    return run(ap.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        parts.append(f"\nNote: {MEMORY_ANALYSIS_NOTES}")
+    parts += ["", int8_line(out["int8_state"])]
+    return "\n".join(parts)

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from stam_optimizer.benchmarks.files import write_atomic
+from stam_optimizer.benchmarks.records import write_atomic
 from stam_optimizer.benchmarks.stats import mean_ci
 
 STYLES = ("-", "--", "-.", ":")

@@ -11,7 +11,6 @@ GIL); compiled programs go to a persistent cache under the output folder.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import dataclasses
 import sys
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer.benchmarks import files, memory, registry, runner, signal_streams, speed
+from stam_optimizer.benchmarks import memory, records, registry, runner, signal_streams, speed
 from stam_optimizer.benchmarks.data import DatasetMissing
 from stam_optimizer.benchmarks.task import Config, Task
 from stam_optimizer.benchmarks.tasks import QUICK_EXTRA, QUICK_OPTIMIZERS, SUITES, TASKS
@@ -98,7 +97,7 @@ def plan(suites: Sequence[str], size: str, chosen: Sequence[str] | None = None,
 
 def constant_beta1(job: Job, out: Path) -> tuple[str, float]:
     """The registry name and β₁ of a dependent job (from its source run on disk)."""
-    source = runner.load_json(Job("run", job.task, DEPENDENT[job.optimizer]).path(out))
+    source = records.load_json(Job("run", job.task, DEPENDENT[job.optimizer]).path(out))
     mean = runner.mean_beta1(source)
     if not np.isfinite(mean):
         raise ValueError(f"{job.optimizer} on {job.task}: no beta1 record in the "
@@ -118,7 +117,7 @@ def seeds_of(task: Task, size: str) -> tuple[list[int], list[int]]:
 
 def is_done(job: Job, task: Task, out: Path, size: str) -> bool:
     """True if the job's file holds a finished result for exactly this setup."""
-    rec = runner.load_json(job.path(out))
+    rec = records.load_json(job.path(out))
     if not rec or rec.get("size") != size or rec.get("task_info") != task.info():
         return False
     if job.kind == "sweep":
@@ -149,7 +148,7 @@ def run_job(job: Job, task: Task, out: Path, size: str) -> dict:
                                  "registry_name": name}
     else:
         rec = runner.tune_and_run(task, job.optimizer, *seeds_of(task, size), size)
-    files.write_json(str(job.path(out)), rec)
+    records.write_json(str(job.path(out)), rec)
     return rec
 
 
@@ -169,21 +168,18 @@ def smoke(out: Path) -> dict:
         rows.append({"optimizer": name, "params": n, "state_bytes": int(nbytes),
                      "bytes_per_param": nbytes / n,
                      "finite": bool(all(jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new)))})
-    rec = {"schema": runner.SCHEMA, "kind": "smoke", "rows": rows,
-           "environment": speed.environment()}
-    files.write_json(str(out / "smoke.json"), rec)
+    rec = {"schema": records.SCHEMA, "kind": "smoke", "rows": rows,
+           "environment": records.environment()}
+    records.write_json(str(out / "smoke.json"), rec)
     return rec
 
 
 def memory_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
-    models = {"tiny": "small_mlp", "quick": "small_mlp,transformer"}.get(size, ",".join(
-        memory.MODELS))
-    p = argparse.ArgumentParser()
-    memory.add_arguments(p)
-    argv = ["--models", models, "--output", str(out / "memory.json")]
-    if size != "full":  # compiling ~20 updates and train steps takes minutes
-        argv += ["--no-compiled", "--no-train-step"]
-    memory.run(p.parse_args(argv))
+    models = {"tiny": ["small_mlp"], "quick": ["small_mlp", "transformer"]}.get(
+        size, list(memory.MODELS))
+    small = size != "full"  # compiling ~20 updates and train steps takes minutes
+    memory.measure(models, list(registry.OPTIMIZERS), compiled=not small,
+                   train_step=not small, output=str(out / "memory.json"), log=log)
 
 
 def timing_suite(out: Path, size: str, log: Callable[[str], None]) -> None:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import os
 import re
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,102 +22,43 @@ import numpy as np
 
 from stam_optimizer.benchmarks import gpt_report, plots, signal_report
 from stam_optimizer.benchmarks.claims import (
+    ablation_section,
+    claims_section,
+    int8_section,
+)
+from stam_optimizer.benchmarks.markdown import (
+    interval_text,
+    number,
+    table,
+)
+from stam_optimizer.benchmarks.records import (
+    load_optional,
+    load_runs,
+    load_sweeps,
+    write_atomic,
+)
+from stam_optimizer.benchmarks.stats import (
     ALPHA,
     POWER,
     VERDICTS,
     Judged,
     Tasks,
-    _ci,
-    _f,
-    _floats,
-    _info,
-    _ranked,
-    _table,
-    ablation_section,
-    claims_section,
     compare_to_baseline,
     families,
     final_values,
-    int8_section,
-    verdict_counts,
-)
-from stam_optimizer.benchmarks.files import write_atomic
-from stam_optimizer.benchmarks.stats import (
+    floats,
     mean_ci,
     performance_profile,
+    ranked,
     steps_to_target,
+    task_info,
+    verdict_counts,
     win_threshold,
 )
 
 PRETTY = {"adamw": "AdamW", "stam_full": "STAM", "stam_lite": "STAMLite", "nadam": "NAdam"}
 PROFILE_TAU_MAX = 4.0
 PROFILE_MIN_TASKS = 3  # below this a performance profile is a step or two, not a curve
-
-
-# --- loading -------------------------------------------------------------------------
-
-def _read_json(path: Path) -> dict | None:
-    """The JSON object in `path`, or None with a warning if it cannot be read."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        if not isinstance(data, dict):
-            raise ValueError("the top level is not a JSON object")
-        return data
-    except (OSError, ValueError) as e:
-        warnings.warn(f"stam-bench report: skipping unreadable {path}: {e}", stacklevel=3)
-        return None
-
-
-REQUIRED = {
-    "run": ("task", "optimizer", "task_info.min_effect", "final.seeds", "final.metric"),
-    "sweep": ("task", "optimizer", "task_info.min_effect", "lrs", "wds", "seeds", "metric"),
-}
-
-
-def _check(data: dict, kind: str) -> None:
-    """Raises ValueError if a run or sweep file lacks what the report needs."""
-    for key in REQUIRED[kind]:
-        obj = data
-        for part in key.split("."):
-            if not isinstance(obj, dict) or part not in obj:
-                raise ValueError(f"missing {key}")
-            obj = obj[part]
-    if kind == "run" and len(data["final"]["seeds"]) != len(data["final"]["metric"]):
-        raise ValueError("final.seeds and final.metric differ in length")
-    if kind == "sweep" and np.asarray(data["metric"], dtype=float).size != (
-            len(data["lrs"]) * len(data["wds"]) * len(data["seeds"])):
-        raise ValueError("metric is not n_wd x n_lr x n_seeds")
-
-
-def _load_folder(results_dir: str | Path, sub: str, kind: str) -> list[dict]:
-    out = []
-    for path in sorted(Path(results_dir, sub).glob("*/*.json")):
-        data = _read_json(path)
-        if data is None:
-            continue
-        try:
-            _check(data, kind)
-        except (KeyError, TypeError, ValueError) as e:
-            warnings.warn(f"stam-bench report: skipping {path}: not a valid {kind} file "
-                          f"({e})", stacklevel=3)
-            continue
-        out.append(data)
-    return out
-
-
-def load_runs(results_dir: str | Path) -> list[dict]:
-    """Every readable `runs/<task>/<optimizer>.json` under `results_dir`."""
-    return _load_folder(results_dir, "runs", "run")
-
-
-def load_sweeps(results_dir: str | Path) -> list[dict]:
-    """Every readable `sweeps/<task>/<optimizer>.json` under `results_dir`."""
-    return _load_folder(results_dir, "sweeps", "sweep")
-
-
-def _load_optional(path: Path) -> dict | None:
-    return _read_json(path) if path.exists() else None
 
 
 def group(items: list[dict]) -> Tasks:
@@ -143,7 +82,7 @@ def run_steps_to_target(run: dict) -> list[int | None]:
 
 
 def _median_cost(run: dict) -> float | None:
-    steps = _floats([math.inf if s is None else s for s in run_steps_to_target(run)])
+    steps = floats([math.inf if s is None else s for s in run_steps_to_target(run)])
     median = float(np.median(steps)) if steps.size else math.inf
     return median if math.isfinite(median) else None
 
@@ -253,7 +192,7 @@ def _headline(ctx: _Context) -> list[str]:
     order = sorted(counts, key=lambda o: (-counts[o]["win"], counts[o]["loss"], o))
     rows = [[f"`{o}`", *(str(counts[o][v]) for v in VERDICTS), str(sum(counts[o].values()))]
             for o in order]
-    return [*lines, "", *_power_note(ctx), *_table(["optimizer", *VERDICTS, "tasks"], rows)]
+    return [*lines, "", *_power_note(ctx), *table(["optimizer", *VERDICTS, "tasks"], rows)]
 
 
 def _power_note(ctx: _Context) -> list[str]:
@@ -265,8 +204,8 @@ def _power_note(ctx: _Context) -> list[str]:
     ns = sorted({j.diff.n for j in rated.values()})
     m = next(iter(rated.values())).family_size
     below = [k for k, j in rated.items()
-             if j.mde > float(_info(ctx.tasks[k[0]])["min_effect"])]
-    ratio = float(np.median([j.mde / float(_info(ctx.tasks[k[0]])["min_effect"])
+             if j.mde > float(task_info(ctx.tasks[k[0]])["min_effect"])]
+    ratio = float(np.median([j.mde / float(task_info(ctx.tasks[k[0]])["min_effect"])
                              for k, j in rated.items()]))
     seeds = "/".join(map(str, ns))
     t = " / ".join(f"{win_threshold(n, ALPHA / m):.1f}" for n in ns)
@@ -284,7 +223,7 @@ def _power_note(ctx: _Context) -> list[str]:
 
 def _task_rows(ctx: _Context, task: str, runs: dict[str, dict]) -> list[list[str]]:
     rows = []
-    for opt in _ranked(runs):
+    for opt in ranked(runs):
         run, j = runs[opt], ctx.judged.get((task, opt))
         tuning = run.get("tuning") or {}
         lr = tuning.get("best_lr", run["final"].get("lr"))
@@ -296,12 +235,13 @@ def _task_rows(ctx: _Context, task: str, runs: dict[str, dict]) -> list[list[str
         median = _median_cost(run)
         diverged = run.get("diverged") or []
         rows.append([
-            f"`{opt}`", _f(lr, 3) + note, _ci(*mean_ci(final_values(run))),
-            "baseline" if opt == ctx.baseline else ("n/a" if j is None else _ci(*j.diff[:3])),
-            "" if j is None else f"[{_f(j.adj_lo)}, {_f(j.adj_hi)}] at {_level(j.level)}",
-            "" if j is None else _f(j.p_holm, 3), "" if j is None else f"**{j.verdict}**",
-            "" if j is None else _f(j.mde, 3),
-            f"{_f(median) if median is not None else 'never' if not reached else 'not reached'}"
+            f"`{opt}`", number(lr, 3) + note, interval_text(*mean_ci(final_values(run))),
+            "baseline" if opt == ctx.baseline else
+            ("n/a" if j is None else interval_text(*j.diff[:3])),
+            "" if j is None else f"[{number(j.adj_lo)}, {number(j.adj_hi)}] at {_level(j.level)}",
+            "" if j is None else number(j.p_holm, 3), "" if j is None else f"**{j.verdict}**",
+            "" if j is None else number(j.mde, 3),
+            f"{number(median) if median is not None else 'never' if not reached else 'not reached'}"
             f" ({len(reached)}/{len(steps)} seeds reached)",
             f"{sum(map(bool, diverged))}/{len(diverged)}"])
     return rows
@@ -334,7 +274,7 @@ def _start_value(curve: str | None, runs: dict[str, dict]) -> float | None:
         data = (final.get("curves") or {}).get(curve) if curve else None
         if data and final.get("eval_steps", [None])[0] == 0:
             values += [row[0] for row in data if row and row[0] is not None]
-    finite = _floats(values)
+    finite = floats(values)
     finite = finite[np.isfinite(finite)]
     return float(finite.mean()) if finite.size else None
 
@@ -347,8 +287,8 @@ def _mde_line(ctx: _Context, task: str, min_effect: float) -> list[str]:
     n = "/".join(sorted({str(j.diff.n) for _, j in rated}))
     return [f"Smallest effect this run could detect here ({POWER:.0%} power, {n} seeds, "
             "observed sd of the paired differences, level α/m of its family): "
-            + ", ".join(f"{_pretty(o)} {_f(j.mde, 3)}" for o, j in rated)
-            + f"; min_effect {_f(min_effect)}.", ""]
+            + ", ".join(f"{_pretty(o)} {number(j.mde, 3)}" for o, j in rated)
+            + f"; min_effect {number(min_effect)}.", ""]
 
 
 def _per_task(ctx: _Context) -> list[str]:
@@ -357,14 +297,14 @@ def _per_task(ctx: _Context) -> list[str]:
              f"`{ctx.baseline}` on the shared seeds. A mean is n/a when a final seed "
              "diverged (last column); such an optimizer ranks last.", ""]
     for task, runs in ctx.tasks.items():
-        info = _info(runs)
+        info = task_info(runs)
         metric = info.get("metric", "val_loss")
         lines += [f"### {task}", "", f"{info.get('description', '')}", "",
-                  f"Metric `{metric}` (lower is better), min_effect {_f(info['min_effect'])}, "
-                  f"target {_f(info.get('target'))}, {info.get('steps', '?')} steps, "
+                  f"Metric `{metric}` (lower is better), min_effect {number(info['min_effect'])}, "
+                  f"target {number(info.get('target'))}, {info.get('steps', '?')} steps, "
                   f"shifts at {info.get('shift_steps') or 'none'}."
                   + ("" if ctx.baseline in runs else f" `{ctx.baseline}` was not run here."), ""]
-        lines += _table(["optimizer", "best lr", f"final {metric} [95% CI]",
+        lines += table(["optimizer", "best lr", f"final {metric} [95% CI]",
                          f"diff vs {ctx.baseline} [95% CI]", "diff: Holm CI", "Holm p",
                          "verdict", "MDE", "steps to target (median)", "diverged seeds"],
                         _task_rows(ctx, task, runs))
@@ -394,7 +334,7 @@ def _forest(ctx: _Context) -> list[str]:
     lines = [f"## Paired differences vs {ctx.baseline} (forest plot)", ""]
     rows = []
     for (task, opt), j in ctx.judged.items():
-        me = float(_info(ctx.tasks[task])["min_effect"]) or math.nan
+        me = float(task_info(ctx.tasks[task])["min_effect"]) or math.nan
         rows.append((f"{task} · {opt}", j.diff.mean / me, j.diff.lo / me, j.diff.hi / me,
                      j.verdict, j.adj_lo / me, j.adj_hi / me))
     path = plots.forest(rows, ctx.out_dir / "forest.png", ctx.baseline)
@@ -446,9 +386,9 @@ def _profile(ctx: _Context) -> list[str]:
               f" Tasks used: {', '.join(common)}."
               + (f" Left out (not every optimizer ran): {', '.join(left_out)}." if left_out
                  else ""), ""]
-    rows = [[f"`{o}`", _f(at[o][0], 3), _f(at[o][1], 3), _f(float(np.mean(prof[o])), 3)]
+    rows = [[f"`{o}`", number(at[o][0], 3), number(at[o][1], 3), number(float(np.mean(prof[o])), 3)]
             for o in sorted(opts, key=lambda o: -np.nan_to_num(np.mean(prof[o]), nan=-1))]
-    lines += _table(["optimizer", "fraction at τ=1", "fraction at τ=2",
+    lines += table(["optimizer", "fraction at τ=1", "fraction at τ=2",
                      f"mean over τ in [1, {PROFILE_TAU_MAX:g}]"], rows)
     return lines + _image(plots.profile(taus, prof, ctx.out_dir / "profile.png"), "profile")
 
@@ -474,16 +414,16 @@ def _memory(ctx: _Context) -> list[str]:
     lines = ["## Memory", ""]
     series: dict[str, dict[str, float]] = {}
     for fname in ("smoke.json", "memory.json"):
-        data = _load_optional(ctx.results_dir / fname)
+        data = load_optional(ctx.results_dir / fname)
         rows = list(_memory_rows(data)) if data else []
         if not rows:
             lines += [f"`{fname}`: not run.", ""]
             continue
         extra = sorted({k for r in rows for k, v in r.items() if k not in (
             "optimizer", "bytes_per_param") and isinstance(v, (str, int, float, bool))})
-        table = [[f"`{r['optimizer']}`", _f(r["bytes_per_param"]),
+        cells = [[f"`{r['optimizer']}`", number(r["bytes_per_param"]),
                   *(str(r.get(k, "")) for k in extra)] for r in rows]
-        lines += [f"From `{fname}`:", "", *_table(["optimizer", "bytes/param", *extra], table)]
+        lines += [f"From `{fname}`:", "", *table(["optimizer", "bytes/param", *extra], cells)]
         for r in rows:
             label = " ".join(str(r[k]) for k in ("tree", "task", "model") if k in r)
             key = f"{fname[:-5]} {label}".strip()
@@ -497,7 +437,7 @@ def _memory(ctx: _Context) -> list[str]:
 
 def _speed(ctx: _Context) -> list[str]:
     lines = ["## Speed (update only, ratio to AdamW)", ""]
-    data = _load_optional(ctx.results_dir / "speed.json")
+    data = load_optional(ctx.results_dir / "speed.json")
     runs = [u for u in (data or {}).get("update", []) if isinstance(u, dict)]
     if not runs:
         return lines + ["`speed.json`: not run.", ""]
@@ -509,14 +449,14 @@ def _speed(ctx: _Context) -> list[str]:
             ratio = r.get("ratio_to_adamw")
             series.setdefault(tree, {})[opt] = math.nan if ratio is None else float(ratio)
             median = r.get("median_s")
-            rows.append([tree, f"`{opt}`", _f(ratio, 3),
-                         _f(None if median is None else median * 1e3, 3)])
+            rows.append([tree, f"`{opt}`", number(ratio, 3),
+                         number(None if median is None else median * 1e3, 3)])
     labels = list(dict.fromkeys(o for s in series.values() for o in s))
     path = plots.bars(labels, {t: [s.get(o, math.nan) for o in labels] for t, s in series.items()},
                       "median time ratio to adamw (lower is faster)",
                       "Update time relative to AdamW, per parameter tree",
                       ctx.out_dir / "speed.png", reference=1.0)
-    return lines + [*_table(["tree", "optimizer", "ratio to adamw", "median ms"], rows),
+    return lines + [*table(["tree", "optimizer", "ratio to adamw", "median ms"], rows),
                     *_image(path, "speed")]
 
 
@@ -534,7 +474,7 @@ def _sweep_maps(ctx: _Context) -> list[str]:
 
 def _signal(ctx: _Context) -> list[str]:
     return signal_report.signal_section(ctx.results_dir, ctx.out_dir,
-                                        _load_optional(ctx.results_dir / "signal.json"))
+                                        load_optional(ctx.results_dir / "signal.json"))
 
 
 def build_report(results_dir: str | Path, out_dir: str | Path | None = None,

@@ -21,7 +21,7 @@ import sys
 if __package__ in (None, ""):  # run as a file path from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from stam_optimizer.benchmarks import files, memory, speed  # noqa: E402
+from stam_optimizer.benchmarks import memory, records  # noqa: E402
 
 # Registry name -> label printed in the report (STAM first, as in 0.1.0).
 VARIANTS = {
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         models = memory.parse_models(args.models)
     except ValueError as e:
         ap.error(str(e))
-    out = {"schema": 1, "kind": "resource_report", "environment": speed.environment(),
+    out = {"schema": 1, "kind": "resource_report", "environment": records.environment(),
            "method": __doc__.strip(), **report(models)}
-    files.write_json(args.output, out)
+    records.write_json(args.output, out)
     print("\n".join(out["lines"]))
     print(f"\nwritten: {args.output}")
     return 0

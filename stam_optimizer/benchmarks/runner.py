@@ -19,21 +19,18 @@ weight_decay = 0 and the decay `-lr * wd * params` is added outside, per run.
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer.benchmarks import registry, speed
+from stam_optimizer.benchmarks import records, registry
 from stam_optimizer.benchmarks.task import Task
 from stam_optimizer.diagnostics import find_states, tree_beta1
 
-SCHEMA = 1
 # LLVM optimisation level 1 instead of XLA:CPU's default 2: compiling is what the
 # programme spends most of its time on, and on these small models level 1 compiles
 # about 40% faster with no measurable loss of run time. Every optimizer is compiled
@@ -191,7 +188,7 @@ def tune_and_run(task: Task, name: str, tune_seeds: list[int], final_seeds: list
     final = derived_metrics(task, out)
     steps = eval_steps(task)
     rec = {
-        "schema": SCHEMA, "kind": "run", "task": task.name, "suite": task.suite,
+        "schema": records.SCHEMA, "kind": "run", "task": task.name, "suite": task.suite,
         "optimizer": name, "size": size, "task_info": task.info(),
         "tuning": {"lrs": lrs, "seeds": list(tune_seeds),
                    "metric": _clean(final[task.metric][:, 0, :nt]),
@@ -223,7 +220,7 @@ def tune_and_run(task: Task, name: str, tune_seeds: list[int], final_seeds: list
     rec["timing"] = {"compile_s": compile_s, "run_s": run_s}
     if task.record is not None:
         rec["measured"] = task.record(name)
-    rec["environment"] = speed.environment()
+    rec["environment"] = records.environment()
     return rec
 
 
@@ -235,11 +232,11 @@ def sweep(task: Task, name: str, lrs: list[float], wds: list[float], seeds: list
                          f"{', '.join(registry.DECOUPLED_WD)}")
     out, compile_s, run_s = execute(task, name, lrs, seeds, wds)
     metric = derived_metrics(task, out)[task.metric]  # (lr, wd, seed)
-    return {"schema": SCHEMA, "kind": "sweep", "task": task.name, "optimizer": name,
+    return {"schema": records.SCHEMA, "kind": "sweep", "task": task.name, "optimizer": name,
             "size": size, "task_info": task.info(), "lrs": list(lrs), "wds": list(wds),
             "seeds": list(seeds), "metric": _clean(np.transpose(metric, (1, 0, 2))),
             "timing": {"compile_s": compile_s, "run_s": run_s},
-            "environment": speed.environment()}
+            "environment": records.environment()}
 
 
 def mean_beta1(rec: dict | None) -> float:
@@ -264,11 +261,3 @@ def _clean(a) -> list:
     if a.ndim == 0:
         return float(a) if math.isfinite(a) else None
     return [_clean(x) for x in a]
-
-
-def load_json(path: Path) -> dict | None:
-    """The record in `path`, or None if it is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None

@@ -6,7 +6,9 @@ import math
 from pathlib import Path
 
 from stam_optimizer.benchmarks import plots
-from stam_optimizer.benchmarks.claims import _table
+from stam_optimizer.benchmarks.markdown import (
+    table,
+)
 
 ARROW = {"falls": "↓", "rises": "↑", "constant": "="}
 
@@ -33,7 +35,7 @@ def response_table(data: dict, n: int) -> list[str]:
     score = ["**streams matching the promise**", "",
              *(f"**{sum(by[(s, o)]['matches'] == 'yes' for s in data['streams'] if (s, o) in by)}"
                f"/{sum((s, o) in by for s in data['streams'])}**" for o in names)]
-    return _table(["stream (what changes)", "0.1.0 promise", *(f"`{o}`" for o in names)],
+    return table(["stream (what changes)", "0.1.0 promise", *(f"`{o}`" for o in names)],
                   [*rows, score])
 
 
@@ -64,7 +66,7 @@ def signal_section(results_dir: Path, out_dir: Path, data: dict | None) -> list[
                f"{r['response']['levels'].get(str(steps - 1), math.nan):.3f}"]
               for r in data["runs"] if r["stream"] == "stationary"]
     lines += ["### Start-up on the stationary stream", "",
-              *_table(["optimizer", "entries", "β₁ at step 10", "at 100", "at 1000",
+              *table(["optimizer", "entries", "β₁ at step 10", "at 100", "at 1000",
                        f"at {steps - 1}"], levels)]
     kept = data["eval_steps"]
     values = [v for r in data["runs"] for v in r["beta1"] if v is not None]

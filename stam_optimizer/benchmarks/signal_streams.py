@@ -193,8 +193,7 @@ def run_suite(out_path: str, size: str, optimizers: list[str] | None = None,
 
     Writes `signal.json` (see docs/benchmark_format.md) atomically and returns it.
     """
-    from stam_optimizer.benchmarks import registry, speed
-    from stam_optimizer.benchmarks.files import write_json
+    from stam_optimizer.benchmarks import records, registry
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
@@ -227,6 +226,6 @@ def run_suite(out_path: str, size: str, optimizers: list[str] | None = None,
            "sizes": list(sizes), "seed": SEED, "tolerance": TOLERANCE,
            "streams": {k: {"description": d, "promise": p} for k, (d, p) in STREAMS.items()},
            "promise_words": PROMISE_WORDS, "eval_steps": kept.tolist(), "runs": runs,
-           "environment": speed.environment()}
-    write_json(out_path, rec)
+           "environment": records.environment()}
+    records.write_json(out_path, rec)
     return rec

@@ -15,19 +15,17 @@ update is bound by arithmetic or per-kernel overhead rather than memory.
 
 from __future__ import annotations
 
-import os
-import platform
-import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer.benchmarks import hlo_traffic, registry
-from stam_optimizer.benchmarks.files import write_json
+from stam_optimizer.benchmarks import hlo_traffic, models, registry
+from stam_optimizer.benchmarks.records import environment, write_json
 
 # Bytes moved per parameter by one update in float32, counted from the update
 # rules of docs/math.md: AdamW reads p, g, m, v and writes p, m, v; STAM needs a statistics
@@ -84,7 +82,9 @@ def _compiled_runner(step: Callable, params, state, extra: tuple, warmup: int):
     return run, compile_s, box
 
 
-def _interleave(runners: dict[str, Callable[[], None]], steps: int) -> dict[str, np.ndarray]:
+def interleave(runners: dict[str, Callable[[], None]], steps: int) -> dict[str, np.ndarray]:
+    """Runs every runner once per round, in turn, for `steps` rounds; the seconds
+    of each run, per runner (A/B interleaving: machine noise hits all alike)."""
     times = {k: [] for k in runners}
     for _ in range(steps):
         for name, run in runners.items():
@@ -145,7 +145,7 @@ def time_updates(tree_name: str, names: list[str], steps: int, warmup: int,
         runners[name], compile_s[name], box = update_runner(name, tree, grads, warmup)
         hlo[name] = box["hlo"]
         log(f"  {tree_name}: compiled {name} in {compile_s[name]:.2f}s")
-    times = _interleave(runners, steps)
+    times = interleave(runners, steps)
     result = _summary(times, "adamw")
     bw = copy_bandwidth(n)
     for name in names:
@@ -165,60 +165,31 @@ def time_updates(tree_name: str, names: list[str], steps: int, warmup: int,
 
 # --- whole train steps ------------------------------------------------------------
 
-def _mlp_task(key):
-    sizes = (784, 512, 512, 10)
-    keys = jax.random.split(key, len(sizes))
-    params = [{"w": jax.random.normal(k, (a, b)) * jnp.sqrt(2.0 / a), "b": jnp.zeros(b)}
-              for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
-    x = jax.random.normal(keys[-1], (128, 784))
-    y = jax.random.randint(keys[-1], (128,), 0, 10)
-
-    def loss(params):
-        h = x
-        for layer in params[:-1]:
-            h = jax.nn.relu(h @ layer["w"] + layer["b"])
-        logits = h @ params[-1]["w"] + params[-1]["b"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    return params, loss
+def mlp_task(key) -> tuple[Any, Callable]:
+    """`(params, loss)`: the zoo's 784-512-512-10 ReLU MLP on one fixed batch of 128."""
+    init, apply = models.mlp((784, 512, 512, 10))
+    k_init, k_data = jax.random.split(key)
+    x = jax.random.normal(k_data, (128, 784))
+    y = jax.random.randint(k_data, (128,), 0, 10)
+    return init(k_init), lambda params: models.xent(apply(params, x), y)
 
 
-def _transformer_task(key, vocab=256, d=128, layers=2, heads=4, seq=64, batch=16,
-                      return_tokens=False):
-    """A 2-layer causal transformer; `loss(params, tokens=fixed batch)`."""
-    ks = iter(jax.random.split(key, 4 + 6 * layers))
-    nrm = lambda k, s, scale: jax.random.normal(k, s) * scale  # noqa: E731
-    params = {"embed": nrm(next(ks), (vocab, d), 0.02), "pos": nrm(next(ks), (seq, d), 0.02),
-              "blocks": [], "ln_f": jnp.ones(d)}
-    for _ in range(layers):
-        params["blocks"].append({
-            "ln1": jnp.ones(d), "ln2": jnp.ones(d),
-            "qkv": nrm(next(ks), (d, 3 * d), d**-0.5), "proj": nrm(next(ks), (d, d), d**-0.5),
-            "up": nrm(next(ks), (d, 4 * d), d**-0.5), "down": nrm(next(ks), (4 * d, d),
-                                                                (4 * d) ** -0.5),
-        })
-    tokens = jax.random.randint(next(ks), (batch, seq + 1), 0, vocab)
-    mask = jnp.tril(jnp.ones((seq, seq), bool))
-
-    def norm(x, g):
-        return g * (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5)
+def transformer_task(key, vocab: int = 256, d: int = 128, layers: int = 2, heads: int = 4,
+                     seq: int = 64, batch: int = 16, return_tokens: bool = False):
+    """`(params, loss)` (and the tokens if `return_tokens`): the zoo's causal
+    transformer; `loss(params, tokens=fixed batch of batch x (seq + 1))`."""
+    init, apply = models.transformer(vocab, d, layers, heads, seq)
+    k_init, k_data = jax.random.split(key)
+    tokens = jax.random.randint(k_data, (batch, seq + 1), 0, vocab)
 
     def loss(params, tokens=tokens):
-        x = params["embed"][tokens[:, :-1]] + params["pos"]
-        for blk in params["blocks"]:
-            q, k, v = jnp.split(norm(x, blk["ln1"]) @ blk["qkv"], 3, axis=-1)
-            q, k, v = (t.reshape(batch, seq, heads, d // heads) for t in (q, k, v))
-            att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // heads)
-            att = jax.nn.softmax(jnp.where(mask, att, -1e9), axis=-1)
-            x = x + jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(batch, seq, d) @ blk["proj"]
-            x = x + jax.nn.gelu(norm(x, blk["ln2"]) @ blk["up"]) @ blk["down"]
-        logits = norm(x, params["ln_f"]) @ params["embed"].T
-        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+        return models.xent(apply(params, tokens[:, :-1]), tokens[:, 1:])
 
+    params = init(k_init)
     return (params, loss, tokens) if return_tokens else (params, loss)
 
 
-TRAIN_TASKS = {"mlp": _mlp_task, "transformer": _transformer_task}
+TRAIN_TASKS = {"mlp": mlp_task, "transformer": transformer_task}
 
 
 def time_train_steps(task: str, names: list[str], steps: int, warmup: int, seed: int,
@@ -238,29 +209,13 @@ def time_train_steps(task: str, names: list[str], steps: int, warmup: int, seed:
         runners[name], compile_s[name], boxes[name] = _compiled_runner(
             step, params, tx.init(params), (), warmup)
         log(f"  {task}: compiled {name} in {compile_s[name]:.2f}s")
-    times = _interleave(runners, steps)
+    times = interleave(runners, steps)
     baseline = "adamw" if "adamw" in names else names[0]
     result = _summary(times, baseline)
     for name in names:
         result[name]["compile_s"] = compile_s[name]
         result[name]["final_loss"] = float(boxes[name]["rest"][0])
     return {"task": task, "seed": seed, "baseline": baseline, "optimizers": result}
-
-
-def environment() -> dict:
-    """Versions and machine facts stored with every timing file."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {
-        "python": sys.version.split()[0], "jax": jax.__version__, "optax": optax.__version__,
-        "numpy": np.__version__, "backend": jax.default_backend(), "cpu": cpu,
-        "threads": os.cpu_count(), "devices": jax.device_count(),
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
 
 
 def measure(trees: list[str], train_tasks: list[str], train_optimizers: list[str],

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import stats as sps
@@ -254,3 +254,136 @@ def performance_profile(costs: Mapping[str, Sequence[float | None]],
     table = table[:, solved]
     ratios = table / table.min(axis=0, keepdims=True)
     return {n: (ratios[i][None, :] <= taus[:, None]).mean(axis=1) for i, n in enumerate(names)}
+
+
+# --- comparisons of benchmark runs -------------------------------------------------
+
+ALPHA = 0.05
+POWER = 0.8
+PRIMARY_PREFIX = "stam"  # registry names of the STAM family
+VERDICTS = ("win", "tie", "loss", "inconclusive")
+
+Tasks = dict[str, dict[str, dict]]  # task -> optimizer -> run
+
+
+def floats(values) -> np.ndarray:
+    """JSON values as floats, None (a diverged run) as nan."""
+    return np.asarray([math.nan if v is None else v for v in values], dtype=float)
+
+
+def final_values(run: dict) -> np.ndarray:
+    """The final metric of a run, one value per final seed (nan: diverged)."""
+    return floats(run["final"]["metric"])
+
+
+def paired_values(seeds_a, values_a, seeds_b, values_b) -> PairedDiff:
+    """a - b on the seeds both have, matched by seed."""
+    b = dict(zip(seeds_b, values_b))
+    pairs = [(x, b[s]) for s, x in zip(seeds_a, values_a) if s in b]
+    return paired_difference([p[0] for p in pairs], [p[1] for p in pairs])
+
+
+def paired_runs(a: dict, b: dict) -> PairedDiff:
+    """Paired difference of the final metric, run `a` minus run `b`."""
+    return paired_values(a["final"]["seeds"], final_values(a), b["final"]["seeds"], final_values(b))
+
+
+def task_info(runs: dict[str, dict]) -> dict:
+    """The task description shared by the runs of one task."""
+    return next(iter(runs.values()))["task_info"]
+
+
+def mean_final(run: dict) -> float:
+    """The mean final metric of a run over its seeds (nan if every seed diverged)."""
+    return mean_ci(final_values(run))[0]
+
+
+def ranked(runs: dict[str, dict]) -> list[str]:
+    """Optimizers by mean final metric, best first, nan last."""
+    means = {n: mean_final(r) for n, r in runs.items()}
+    return sorted(runs, key=lambda n: (math.isnan(means[n]), np.nan_to_num(means[n]), n))
+
+
+class Judged(NamedTuple):
+    """A paired difference with its Holm-adjusted p-value and verdict, judged in a
+    Holm family of `family_size` comparisons named `family`.
+
+    `level` is the significance level Holm's procedure tested this comparison at;
+    (`adj_lo`, `adj_hi`) is the interval at confidence `1 - level`, which excludes
+    0 exactly when `p_holm < ALPHA`. `mde` is the smallest mean difference the
+    paired t-test would detect with 80% power at the family's strictest level
+    `ALPHA / family_size`, given the seeds and the observed sd of the differences.
+    """
+
+    diff: PairedDiff
+    p_holm: float
+    verdict: str
+    level: float = math.nan
+    adj_lo: float = math.nan
+    adj_hi: float = math.nan
+    mde: float = math.nan
+    family: str = ""
+    family_size: int = 0
+
+
+def judge(tests: dict[Any, tuple[PairedDiff, float]], family: str = "") -> dict[Any, Judged]:
+    """Holm-corrects a family of (difference, min_effect) tests and gives verdicts,
+    Holm-level intervals and minimum detectable effects."""
+    keys = list(tests)
+    ps = [tests[k][0].p_value for k in keys]
+    adjusted, levels = holm(ps), holm_levels(ps, ALPHA)
+    m = int(np.sum(~np.isnan(np.asarray(ps, dtype=float))))
+    out = {}
+    for k, p, level in zip(keys, adjusted, levels):
+        d = tests[k][0]
+        lo, hi = interval(d, 1 - level) if math.isfinite(level) else (math.nan, math.nan)
+        if d.sd == 0 and math.isfinite(d.mean):  # all differences equal: a point
+            lo = hi = d.mean
+        mde = min_detectable_effect(d.sd, d.n, ALPHA / m, POWER) if m else math.nan
+        out[k] = Judged(d, float(p), verdict(d, float(p), tests[k][1], ALPHA), float(level),
+                        lo, hi, mde, family, m)
+    return out
+
+
+def families(tasks: Tasks, baseline: str) -> dict[str, list[tuple[str, str]]]:
+    """The Holm families of the comparisons with the baseline: the STAM family
+    (registry names starting with "stam") first, the other optimizers (peers)
+    second. Each holds (task, optimizer) for every task that has the baseline."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for t, runs in tasks.items():
+        if baseline not in runs:
+            continue
+        for o in runs:
+            if o == baseline:
+                continue
+            name = (f"primary: STAM family vs {baseline}" if o.startswith(PRIMARY_PREFIX)
+                    else f"peers vs {baseline}")
+            out.setdefault(name, []).append((t, o))
+    return dict(sorted(out.items(), key=lambda kv: not kv[0].startswith("primary")))
+
+
+def compare_to_baseline(tasks: Tasks, baseline: str) -> dict[tuple[str, str], Judged]:
+    """Every (task, optimizer) vs the baseline on that task, Holm-corrected within
+    its family (see `families`)."""
+    out: dict[tuple[str, str], Judged] = {}
+    for name, members in families(tasks, baseline).items():
+        out |= judge({(t, o): (paired_runs(tasks[t][o], tasks[t][baseline]),
+                               task_info(tasks[t])["min_effect"]) for t, o in members}, name)
+    return out
+
+
+def verdict_counts(judged: dict[tuple[str, str], Judged]) -> dict[str, dict[str, int]]:
+    """optimizer -> verdict -> number of tasks."""
+    counts: dict[str, dict[str, int]] = {}
+    for (_, opt), j in judged.items():
+        counts.setdefault(opt, dict.fromkeys(VERDICTS, 0))[j.verdict] += 1
+    return counts
+
+
+def compare_pairs(tasks: Tasks, pairs: list[tuple[str, str]]) -> dict[Any, Judged]:
+    """`a - b` for each (a, b) in `pairs` on every task having both; one Holm family."""
+    return judge({(t, a, b): (paired_runs(runs[a], runs[b]), task_info(runs)["min_effect"])
+                  for t, runs in tasks.items() for a, b in pairs if a in runs and b in runs})
+
+
+# --- markdown helpers ------------------------------------------------------------------

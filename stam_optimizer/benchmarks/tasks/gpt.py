@@ -35,8 +35,8 @@ import optax
 
 import stam_optimizer as so
 from stam_optimizer.benchmarks import data, memory, registry
+from stam_optimizer.benchmarks.models import gpt, token_windows, xent, z_loss
 from stam_optimizer.benchmarks.task import Config, Task
-from stam_optimizer.benchmarks.tasks._models import gpt, token_windows, xent, z_loss
 
 WARMUP_FRACTION = 0.1
 FINAL_LR_FRACTION = 0.1

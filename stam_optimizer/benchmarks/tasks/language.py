@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from stam_optimizer.benchmarks import data
+from stam_optimizer.benchmarks.models import lm_task
 from stam_optimizer.benchmarks.task import Config, Task
-from stam_optimizer.benchmarks.tasks._models import lm_task
 
 
 def markov_stream(vocab: int, length: int, seed: int = 3) -> tuple[np.ndarray, float]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from stam_optimizer.benchmarks import data
+from stam_optimizer.benchmarks.models import classification_task, cnn, mlp
 from stam_optimizer.benchmarks.task import Config, Task
-from stam_optimizer.benchmarks.tasks._models import classification_task, cnn, mlp
 
 
 def _cap(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,11 @@
-"""Small models and task builders shared by the task modules (plain JAX, no flax,
-so that a whole run compiles into one small program)."""
+"""The model zoo of the benchmarks: every model the tasks, `stam-bench speed` and
+`stam-bench memory` use, in plain JAX (no flax, so that a whole run compiles into
+one small program), and the task builders shared by the task modules.
+
+Trainable models are `(init(key), apply(params, x))` pairs; the memory
+measurements use abstract parameter trees (`jax.ShapeDtypeStruct` leaves) of
+larger models, built without allocating them.
+"""
 
 from __future__ import annotations
 
@@ -270,3 +276,80 @@ def lm_task(name: str, suite: str, description: str, tokens_train: np.ndarray,
     return Task(name=name, suite=suite, description=description, init=init, batch=batch,
                 loss=loss, evaluate=evaluate, steps=steps, eval_every=eval_every,
                 batch_size=batch_size, min_effect=min_effect, target=target)
+
+
+# --- abstract parameter trees (stam-bench memory) ----------------------------------
+
+def _sds(*shape: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _mlp(sizes: tuple[int, ...]) -> dict:
+    """Dense layers with biases between consecutive `sizes`."""
+    return {f"layer{i}": {"w": _sds(a, b), "b": _sds(b)}
+            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
+
+
+def small_mlp() -> dict:
+    """64-128-64 MLP: 16.6k params, AdamW state ≈ 0.13 MB (as in 0.1.0)."""
+    return _mlp((64, 128, 64))
+
+
+def medium_mlp() -> dict:
+    """1024-4096-4096-1024 MLP: 25.2M params, AdamW state ≈ 192.07 MB (as in 0.1.0)."""
+    return _mlp((1024, 4096, 4096, 1024))
+
+
+def wide_linear() -> dict:
+    """One 8192×8192 linear layer with bias: 67.1M params, AdamW state ≈ 512.06 MB."""
+    return {"w": _sds(8192, 8192), "b": _sds(8192)}
+
+
+def abstract_transformer(vocab: int = 32000, d: int = 512, layers: int = 4,
+                         ctx: int = 1024) -> dict:
+    """Decoder-only transformer: token and position embeddings, pre-norm blocks
+    (layer norms with scale and bias, attention and MLP weights with biases) and
+    a final layer norm; the output head is tied to the token embedding. The
+    defaults give 29.5M params, 27.6k of them in leaves under 4096 elements."""
+    def ln() -> dict:
+        return {"scale": _sds(d), "bias": _sds(d)}
+
+    def block() -> dict:
+        return {"ln1": ln(), "ln2": ln(),
+                "qkv": {"w": _sds(d, 3 * d), "b": _sds(3 * d)},
+                "proj": {"w": _sds(d, d), "b": _sds(d)},
+                "up": {"w": _sds(d, 4 * d), "b": _sds(4 * d)},
+                "down": {"w": _sds(4 * d, d), "b": _sds(d)}}
+
+    return {"embed": _sds(vocab, d), "pos": _sds(ctx, d),
+            "blocks": [block() for _ in range(layers)], "ln_f": ln()}
+
+
+def abstract_transformer_loss(params: dict, tokens: jax.Array) -> jax.Array:
+    """Next-token cross-entropy of the `abstract_transformer` parameter tree on `tokens`
+    (batch, seq + 1): pre-norm causal attention (heads of 64, at least one) and
+    a GELU MLP per block, the output head tied to the token embedding."""
+    d = params["embed"].shape[1]
+    heads = max(1, d // 64)
+    batch, seq = tokens.shape[0], tokens.shape[1] - 1
+
+    def norm(x, p):
+        mean = x.mean(-1, keepdims=True)
+        return p["scale"] * (x - mean) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5) \
+            + p["bias"]
+
+    def dense(x, p):
+        return x @ p["w"] + p["b"]
+
+    mask = jnp.tril(jnp.ones((seq, seq), bool))
+    x = params["embed"][tokens[:, :-1]] + params["pos"][:seq]
+    for blk in params["blocks"]:
+        q, k, v = jnp.split(dense(norm(x, blk["ln1"]), blk["qkv"]), 3, axis=-1)
+        q, k, v = (t.reshape(batch, seq, heads, d // heads) for t in (q, k, v))
+        att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // heads)
+        att = jax.nn.softmax(jnp.where(mask, att, -1e9), axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(batch, seq, d)
+        x = x + dense(out, blk["proj"])
+        x = x + dense(jax.nn.gelu(dense(norm(x, blk["ln2"]), blk["up"])), blk["down"])
+    logits = norm(x, params["ln_f"]) @ params["embed"].T
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
