@@ -15,11 +15,11 @@ import pytest
 from stam_optimizer.benchmarks import (
     gpt_report,
     models,
-    programme,
     records,
     registry,
     report,
     runner,
+    scheduler,
 )
 from stam_optimizer.benchmarks.task import Config
 from stam_optimizer.benchmarks.tasks import SUITES
@@ -207,10 +207,10 @@ def test_clipping_comes_first_in_every_recipe():
 
 
 def test_suite_plans_per_size_and_filters_the_signal_variants():
-    quick = programme.plan(["gpt"], "quick")
+    quick = scheduler.plan(["gpt"], "quick")
     assert {j.task for j in quick} == {v.name for v in gpt_tasks.QUICK_VARIANTS}
     assert {j.optimizer for j in quick} == set(gpt_tasks.QUICK_OPTIMIZERS)
-    full = programme.plan(["gpt"], "full")
+    full = scheduler.plan(["gpt"], "full")
     assert {j.task for j in full} == {v.name for v in gpt_tasks.VARIANTS}
     names = {j.optimizer for j in full}
     assert {"adamw", "stam_full", "stam_lite", "adams", "stam_lite_int8", "adafactor", "lion",
@@ -225,7 +225,7 @@ def test_suite_plans_per_size_and_filters_the_signal_variants():
 
 def test_tiny_suite_end_to_end_writes_the_report_section(tmp_path):
     task = gpt_tasks.TASKS["gpt_d16_qk"](Config(size="tiny"))
-    tune, final = programme.seeds_of(task, "tiny")
+    tune, final = scheduler.seeds_of(task, "tiny")
     rec = runner.tune_and_run(task, "adamw", tune, final, "tiny")
     assert rec["measured"]["state_bytes"] == 2 * 4 * rec["measured"]["params"] + 4 + 4
     assert rec["measured"]["train_step_peak_bytes"] > rec["measured"]["state_bytes"]

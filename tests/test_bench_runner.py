@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from stam_optimizer.benchmarks import cli, models, programme, records, registry, runner
+from stam_optimizer.benchmarks import cli, models, records, registry, runner, scheduler
 from stam_optimizer.benchmarks.task import Config, Task
 from stam_optimizer.benchmarks.tasks import SUITES, TASKS, quadratic
 
@@ -162,13 +162,13 @@ def test_bad_task_and_config_values_are_rejected():
     with pytest.raises(ValueError, match="multiple of eval_every"):
         dataclasses.replace(TASKS["linear_regression"](TINY), steps=10, eval_every=3)
     with pytest.raises(ValueError, match="unknown suite"):
-        programme.run_programme(["nope"], "tiny", "unused")
+        scheduler.run_programme(["nope"], "tiny", "unused")
     with pytest.raises(ValueError, match="no decoupled weight decay"):
         runner.sweep(TASKS["linear_regression"](TINY), "nadam", [1e-3], [0.0], [0], "tiny")
 
 
 def test_quick_plan_covers_every_suite_and_the_issue_questions():
-    jobs = programme.plan(list(SUITES), "quick")
+    jobs = scheduler.plan(list(SUITES), "quick")
     tasks = {j.task for j in jobs}
     for name, suite in SUITES.items():
         assert set(suite.tasks if suite.quick_tasks is None else suite.quick_tasks) <= tasks, name
@@ -177,7 +177,7 @@ def test_quick_plan_covers_every_suite_and_the_issue_questions():
     assert ("run", "char_lm", "stam_lite_int8") in pairs  # int8 parity
     assert ("sweep", "nonstationary_mlp", "stam_lite") in pairs  # the sweep claim
     assert len(pairs) == len(jobs)  # no job twice
-    full = programme.plan(["convex"], "full")
+    full = scheduler.plan(["convex"], "full")
     assert {j.optimizer for j in full} == set(registry.OPTIMIZERS)
 
 
@@ -188,7 +188,7 @@ def _json_files(out):
 
 def test_programme_resumes_after_an_interruption(tmp_path, monkeypatch):
     suites, opts = ["convex", "quadratic"], ["adamw", "stam_lite"]
-    real = programme._summary
+    real = scheduler._summary
     seen = []
 
     def ctrl_c(job, rec, seconds):  # runs in the main thread as each job finishes
@@ -197,9 +197,9 @@ def test_programme_resumes_after_an_interruption(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the user presses Ctrl-C after two finished jobs
         return real(job, rec, seconds)
 
-    monkeypatch.setattr(programme, "_summary", ctrl_c)
+    monkeypatch.setattr(scheduler, "_summary", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        programme.run_programme(suites, "tiny", tmp_path, optimizers=opts, workers=1,
+        scheduler.run_programme(suites, "tiny", tmp_path, optimizers=opts, workers=1,
                                 log=lambda m: None)
     done = _json_files(tmp_path)
     # the two finished jobs, plus at most the one that was running, are on disk,
@@ -208,14 +208,14 @@ def test_programme_resumes_after_an_interruption(tmp_path, monkeypatch):
     for blob in done.values():
         assert json.loads(blob)["kind"] == "run"
 
-    monkeypatch.setattr(programme, "_summary", real)
-    counts = programme.run_programme(suites, "tiny", tmp_path, optimizers=opts, workers=2,
+    monkeypatch.setattr(scheduler, "_summary", real)
+    counts = scheduler.run_programme(suites, "tiny", tmp_path, optimizers=opts, workers=2,
                                      log=lambda m: None)
     assert counts["skipped"] == len(done) and counts["done"] == 6 - len(done)
     assert counts["failed"] == 0
     after = _json_files(tmp_path)
     assert len(after) == 6 and all(after[k] == v for k, v in done.items())  # kept untouched
-    again = programme.run_programme(suites, "tiny", tmp_path, optimizers=opts,
+    again = scheduler.run_programme(suites, "tiny", tmp_path, optimizers=opts,
                                     log=lambda m: None)
     assert again["skipped"] == 6 and again["done"] == 0
 
@@ -272,7 +272,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 class _Held:
-    """Wraps `programme.run_job` so that, of two workers, the first job to start
+    """Wraps `scheduler.run_job` so that, of two workers, the first job to start
     finishes only once the second has started, and later jobs wait for `release`:
     when the first job's summary is printed, the second is certainly running."""
 
@@ -296,7 +296,7 @@ class _Held:
 
 
 def _interrupt_after_first_summary(monkeypatch):
-    real = programme._summary
+    real = scheduler._summary
     seen = []
 
     def ctrl_c(job, rec, seconds):
@@ -305,7 +305,7 @@ def _interrupt_after_first_summary(monkeypatch):
             raise KeyboardInterrupt  # Ctrl-C as the first job's summary is printed
         return real(job, rec, seconds)
 
-    monkeypatch.setattr(programme, "_summary", ctrl_c)
+    monkeypatch.setattr(scheduler, "_summary", ctrl_c)
 
 
 INTERRUPT_ARGS = ["run", "convex", "--size", "tiny", "--workers", "2", "--no-report",
@@ -313,16 +313,16 @@ INTERRUPT_ARGS = ["run", "convex", "--size", "tiny", "--workers", "2", "--no-rep
 
 
 def test_ctrl_c_waits_for_running_jobs_says_so_and_exits_130(tmp_path, monkeypatch, capsys):
-    held = _Held(programme.run_job)
-    monkeypatch.setattr(programme, "run_job", held)
+    held = _Held(scheduler.run_job)
+    monkeypatch.setattr(scheduler, "run_job", held)
     _interrupt_after_first_summary(monkeypatch)
-    real_as_completed = programme._as_completed
+    real_as_completed = scheduler._as_completed
 
     def waiting(futures):  # the wait after Ctrl-C lets the held job go on
         held.release.set()
         return real_as_completed(futures)
 
-    monkeypatch.setattr(programme, "_as_completed", waiting)
+    monkeypatch.setattr(scheduler, "_as_completed", waiting)
     out = tmp_path / "res"
     rc = cli.main([*INTERRUPT_ARGS, "--out", str(out)])
     captured = capsys.readouterr()
@@ -349,8 +349,8 @@ def test_ctrl_c_waits_for_running_jobs_says_so_and_exits_130(tmp_path, monkeypat
 
 
 def test_second_ctrl_c_stops_at_once_with_one_line(tmp_path, monkeypatch, capsys):
-    held = _Held(programme.run_job)
-    monkeypatch.setattr(programme, "run_job", held)
+    held = _Held(scheduler.run_job)
+    monkeypatch.setattr(scheduler, "run_job", held)
     _interrupt_after_first_summary(monkeypatch)
 
     def ctrl_c_again(futures):
@@ -364,7 +364,7 @@ def test_second_ctrl_c_stops_at_once_with_one_line(tmp_path, monkeypatch, capsys
         held.release.set()
         raise SystemExit(code)
 
-    monkeypatch.setattr(programme, "_as_completed", ctrl_c_again)
+    monkeypatch.setattr(scheduler, "_as_completed", ctrl_c_again)
     monkeypatch.setattr(cli, "_exit_now", exit_now)
     out = tmp_path / "res"
     with pytest.raises(SystemExit):

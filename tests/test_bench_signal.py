@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from stam_optimizer.benchmarks import programme, report, signal_report
+from stam_optimizer.benchmarks import report, scheduler, signal_report
 from stam_optimizer.benchmarks import signal_streams as ss
+from stam_optimizer.benchmarks.sizes import SIZES
 from stam_optimizer.benchmarks.tasks import SUITES
 
 
@@ -38,11 +39,12 @@ def test_signal_suite_is_in_quick_and_full():
 
 
 def test_signal_suite_writes_data_and_the_report_derives_its_section(tmp_path):
-    counts = programme.run_programme(["signal"], "tiny", tmp_path, log=lambda m: None,
+    counts = scheduler.run_programme(["signal"], "tiny", tmp_path, log=lambda m: None,
                                      optimizers=["stam_full", "stam_lite_energy", "adamw"])
     assert counts["failed"] == 0
     data = json.loads((tmp_path / "signal.json").read_text())
-    steps, sizes, _ = ss.SIZES["tiny"]
+    tiny = SIZES["tiny"]
+    steps, sizes = tiny.signal_steps, tiny.signal_sizes
     assert data["kind"] == "signal" and data["steps"] == steps and data["sizes"] == list(sizes)
     assert {(r["optimizer"], r["signal"]) for r in data["runs"]} == {
         ("stam_full", "spec"), ("stam_lite_energy", "energy")}
@@ -90,12 +92,12 @@ def test_ablation_runs_stam_const_mean_after_stam_full(tmp_path, monkeypatch):
     suites = dict(SUITES)
     suites["ablation"] = Suite("test", ("linear_regression",),
                                optimizers=("stam_const_mean", "stam_full_energy", "adamw"))
-    monkeypatch.setattr(programme, "SUITES", suites)
-    jobs = programme.plan(["ablation"], "tiny")
+    monkeypatch.setattr(scheduler, "SUITES", suites)
+    jobs = scheduler.plan(["ablation"], "tiny")
     # the source run is planned even though the suite does not name it, before its user
     assert [j.optimizer for j in jobs] == ["stam_full", "stam_const_mean", "stam_full_energy",
                                            "adamw"]
-    counts = programme.run_programme(["ablation"], "tiny", tmp_path, log=lambda m: None)
+    counts = scheduler.run_programme(["ablation"], "tiny", tmp_path, log=lambda m: None)
     assert counts["failed"] == 0 and counts["done"] == 4
     runs = tmp_path / "runs" / "linear_regression"
     full = json.loads((runs / "stam_full.json").read_text())
@@ -107,7 +109,7 @@ def test_ablation_runs_stam_const_mean_after_stam_full(tmp_path, monkeypatch):
     assert 0.72 <= value <= 0.9
     b1 = [v for vs in const["beta1"]["layers"].values() for v in vs]
     np.testing.assert_allclose(b1, value, rtol=1e-6)  # β₁ really was that constant
-    again = programme.run_programme(["ablation"], "tiny", tmp_path, log=lambda m: None)
+    again = scheduler.run_programme(["ablation"], "tiny", tmp_path, log=lambda m: None)
     assert again["done"] == 0 and again["skipped"] == 4
 
     text = "\n".join(claims.ablation_section(report.group(report.load_runs(tmp_path)),

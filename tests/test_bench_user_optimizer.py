@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from stam_optimizer.benchmarks import cli, programme, registry
+from stam_optimizer.benchmarks import cli, registry, scheduler
 
 FACTORY = '''
 import optax
@@ -41,7 +41,7 @@ def test_user_optimizer_runs_in_a_suite(user_file, tmp_path):
 def test_user_optimizer_joins_every_suite_plan(user_file):
     name = registry.load(f"sgd9={user_file}:my_sgd")
     assert name == "sgd9"
-    jobs = programme.plan(["convex", "gpt", "sweep"], "tiny", extra=[name])
+    jobs = scheduler.plan(["convex", "gpt", "sweep"], "tiny", extra=[name])
     tasks = {j.task for j in jobs if j.optimizer == name}
     assert "linear_regression" in tasks and "gpt_d16" in tasks
     # the lr x wd sweep needs decoupled weight decay, which a user factory does not declare

@@ -17,7 +17,15 @@ import os
 import sys
 from pathlib import Path
 
-from stam_optimizer.benchmarks import kernel_profile, memory, programme, records, registry, speed
+from stam_optimizer.benchmarks import (
+    kernel_profile,
+    memory,
+    records,
+    registry,
+    scheduler,
+    sizes,
+    speed,
+)
 from stam_optimizer.benchmarks.argtypes import (
     model_name,
     model_names,
@@ -58,7 +66,7 @@ def _programme(args: argparse.Namespace, suites: list[str], size: str) -> int:
         log(f"stam-bench: --optimizer: {e}")
         return 2
     log(f"stam-bench: suites {', '.join(suites)} at size {size} -> {out}")
-    counts = programme.run_programme(suites, size, out, data_dir=args.data_dir,
+    counts = scheduler.run_programme(suites, size, out, data_dir=args.data_dir,
                                      optimizers=args.optimizers, extra=extra,
                                      workers=args.workers,
                                      force=args.force, log=log)
@@ -216,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="run chosen suites",
                        description="Runs the named suites: " + ", ".join(SUITES))
     p.add_argument("suites", nargs="+", type=_suite, metavar="SUITE")
-    p.add_argument("--size", choices=list(programme.GRIDS), default="quick",
+    p.add_argument("--size", choices=list(sizes.SIZES), default="quick",
                    help="problem size and seeds: tiny (seconds, for tests), quick (as "
                         "stam-bench quick), full (as stam-bench full)")
     p.set_defaults(func=cmd_run)
@@ -274,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except programme.Interrupted as e:
+    except scheduler.Interrupted as e:
         kept = e.counts.get("done", 0) + e.counts.get("skipped", 0)
         lost = f"; {e.abandoned} running job(s) abandoned" if e.abandoned else ""
         log(f"stam-bench: stopped by Ctrl-C; {kept} finished runs are on disk{lost}; "

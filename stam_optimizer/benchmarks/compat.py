@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stam_optimizer.benchmarks import programme, records, runner, stats
+from stam_optimizer.benchmarks import records, runner, sizes, stats
 from stam_optimizer.benchmarks.task import Task
 
 # the optimizers the 0.1.0 runners compared, plus AdamW as the reference
@@ -27,7 +27,7 @@ def run_tasks(tasks: Sequence[Task], optimizers: Sequence[str], seeds: int,
     seeds for every task x optimizer; writes `output` atomically; prints a table."""
     runs = []
     for task in tasks:
-        task = dataclasses.replace(task, lr_grid=programme.GRIDS["quick"])
+        task = dataclasses.replace(task, lr_grid=sizes.SIZES["quick"].lr_grid)
         for name in optimizers:
             log(f"{task.name}: {name}")
             runs.append(runner.tune_and_run(task, name, [1000], list(range(seeds)),

@@ -132,9 +132,6 @@ def response(beta1: np.ndarray, change: int, window: int) -> dict[str, float]:
 
 # --- the signal suite ------------------------------------------------------------------
 
-# Per size: steps, tensor sizes, response window (steps after the change).
-SIZES = {"tiny": (240, (64,), 60), "quick": (3000, (4096,), 200),
-         "full": (3000, (64, 4096, 16384), 200)}
 QUICK_SET = ("stam_full", "stam_full_energy", "stam_lite", "stam_lite_energy")
 CONSTANT_BETA1 = ("stam_fixed", "stam_const_beta")  # registry entries with α = 0
 GRADUAL = ("rotation", "warmup", "decay")  # judged over the whole second half
@@ -194,10 +191,10 @@ def run_suite(out_path: str, size: str, optimizers: list[str] | None = None,
     Writes `signal.json` (see docs/benchmark_format.md) atomically and returns it.
     """
     from stam_optimizer.benchmarks import records, registry
+    from stam_optimizer.benchmarks.sizes import get as get_size
 
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
-    steps, sizes, window = SIZES[size]
+    chosen = get_size(size)
+    steps, sizes, window = chosen.signal_steps, chosen.signal_sizes, chosen.signal_window
     change = steps // 2
     names = [n for n in (optimizers or adaptive_optimizers(size)) if n not in CONSTANT_BETA1]
     kept = _kept_steps(steps, change)

@@ -4,7 +4,7 @@ A suite is a list of task names; the optimizers it runs default to the whole
 registry (`stam-bench full`) or `QUICK_OPTIMIZERS` plus `QUICK_EXTRA`
 (`stam-bench quick`), unless the suite names its own (the ablation). Special
 suites without tasks (smoke, memory, timing, signal) and the lr x weight-decay sweep are
-run by `stam_optimizer.benchmarks.programme`.
+run by `stam_optimizer.benchmarks.scheduler`.
 
 Targets (for steps-to-target) and minimum effect sizes were fixed from a pilot
 quick run, before any full run.
@@ -53,15 +53,21 @@ TASKS: dict[str, Callable[[Config], Task]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Suite:
+    """A suite of the programme. `kind` says how it runs: "tasks" (tune and run
+    every optimizer on each task), "sweep" (the lr x weight-decay grid on each
+    task), or one of the suites without tasks: "smoke", "memory", "timing",
+    "signal"."""
+
     description: str
     tasks: tuple[str, ...] = ()
     optimizers: tuple[str, ...] | None = None  # None: the size's default set
     quick_tasks: tuple[str, ...] | None = None  # quick and tiny sizes (None: `tasks`)
     quick_optimizers: tuple[str, ...] | None = None  # quick and tiny sizes
+    kind: str = "tasks"
 
 
 # stam_const_mean is STAM with a constant β₁ equal to the mean β₁ that stam_full
-# used on the same task: a job that runs after stam_full's (see programme.DEPENDENT).
+# used on the same task: a job that runs after stam_full's (see scheduler.DEPENDENT).
 ABLATION = ("stam_full", "stam_full_energy", "stam_lite", "stam_lite_energy", "stam_fixed",
             "stam_const_beta", "stam_const_mean", "adamw")
 # quick runs every suite with these ...
@@ -72,7 +78,7 @@ QUICK_EXTRA = {"long_horizon_mlp": ("nadam", "stam_lite_int8"),
                "mnist1d_mlp": ("stam_lite_int8",), "char_lm": ("stam_lite_int8",)}
 
 SUITES: dict[str, Suite] = {
-    "smoke": Suite("one update per optimizer: finite, state bytes"),
+    "smoke": Suite("one update per optimizer: finite, state bytes", kind="smoke"),
     "convex": Suite("convex regression", ("linear_regression",)),
     "nonstationary": Suite("MLP with a distribution shift", ("nonstationary_mlp",)),
     "stress": Suite("small-batch stress (batch 4, 8, 32) with a shift",
@@ -81,7 +87,7 @@ SUITES: dict[str, Suite] = {
     "mnist1d": Suite("MNIST-1D MLP and CNN", ("mnist1d_mlp", "mnist1d_cnn")),
     "noisy_shift": Suite("shift plus gradient noise: recovery", ("noisy_shift",)),
     "sweep": Suite("learning rate x weight decay grid (decoupled-decay optimizers)",
-                   ("nonstationary_mlp",)),
+                   ("nonstationary_mlp",), kind="sweep"),
     "ablation": Suite("does adaptivity matter? STAM, its energy-signal variant, fixed-beta1 "
                       "variants (0.9, 0.81, STAM's own mean beta1)",
                       ("nonstationary_mlp", "long_horizon_mlp", "noisy_quadratic_high"),
@@ -102,8 +108,10 @@ SUITES: dict[str, Suite] = {
                                   or n == "schedule_free_adamw"),
                  quick_tasks=tuple(v.name for v in gpt.QUICK_VARIANTS),
                  quick_optimizers=gpt.QUICK_OPTIMIZERS),
-    "memory": Suite("optimizer-state bytes per parameter and compiled step memory"),
-    "timing": Suite("update and train-step timing (stam-bench speed)"),
+    "memory": Suite("optimizer-state bytes per parameter and compiled step memory",
+                    kind="memory"),
+    "timing": Suite("update and train-step timing (stam-bench speed)", kind="timing"),
     "signal": Suite("what beta1 responds to: controlled gradient streams (noise up/down, "
-                    "sign flip, rotation, heavy tails, one sign, warmup, decay)"),
+                    "sign flip, rotation, heavy tails, one sign, warmup, decay)",
+                    kind="signal"),
 }

@@ -24,20 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer.benchmarks import memory, records, registry, runner, signal_streams, speed
+from stam_optimizer.benchmarks import (
+    memory,
+    records,
+    registry,
+    runner,
+    signal_streams,
+    sizes,
+    speed,
+)
 from stam_optimizer.benchmarks.data import DatasetMissing
 from stam_optimizer.benchmarks.task import Config, Task
 from stam_optimizer.benchmarks.tasks import QUICK_EXTRA, QUICK_OPTIMIZERS, SUITES, TASKS
-
-# Per size: learning-rate grid (same for every optimizer), tuning and final seeds.
-GRIDS = {"tiny": (1e-3, 1e-2, 1e-1), "quick": tuple(float(x) for x in np.logspace(-4, 0, 5)),
-         "full": tuple(float(x) for x in np.logspace(-4, 0, 9))}
-SEEDS = {"tiny": ([1000], [0, 1]), "quick": ([1000], [0, 1, 2, 3]),
-         "full": ([1000, 1001], list(range(6)))}
-SWEEP = {"tiny": ((1e-2, 1e-1), (0.0, 0.1), [0, 1]),
-         "quick": (GRIDS["quick"], (0.0, 1e-3, 1e-2, 1e-1), [0, 1, 2]),
-         "full": (GRIDS["full"], (0.0, 1e-4, 1e-3, 1e-2, 1e-1), [0, 1, 2, 3, 4])}
-
 
 # Jobs that read another job's result: optimizer -> the run it needs on the same
 # task. stam_const_mean runs STAM with α = 0 and β₁ = the mean β₁ that stam_full
@@ -72,7 +70,7 @@ def optimizers_for(suite: str, task: str, size: str, chosen: Sequence[str] | Non
     else:
         names = list(QUICK_OPTIMIZERS) + list(QUICK_EXTRA.get(task, ()))
     names += [n for n in extra if n not in names]
-    if suite == "sweep":
+    if s.kind == "sweep":
         names = [n for n in names if n in registry.DECOUPLED_WD]
     return names
 
@@ -82,8 +80,8 @@ def plan(suites: Sequence[str], size: str, chosen: Sequence[str] | None = None,
     """Every job of `suites`, without duplicates, in suite order."""
     jobs: list[Job] = []
     for suite in suites:
-        kind = "sweep" if suite == "sweep" else "run"
         s = SUITES[suite]
+        kind = "sweep" if s.kind == "sweep" else "run"
         for task in s.quick_tasks if size != "full" and s.quick_tasks is not None else s.tasks:
             for name in optimizers_for(suite, task, size, chosen, extra):
                 needs = [DEPENDENT[name]] if name in DEPENDENT and kind == "run" else []
@@ -107,12 +105,16 @@ def constant_beta1(job: Job, out: Path) -> tuple[str, float]:
 
 
 def sized(task: Task, size: str) -> Task:
-    return task if task.fixed_grid else dataclasses.replace(task, lr_grid=GRIDS[size])
+    return task if task.fixed_grid else dataclasses.replace(task,
+                                                            lr_grid=sizes.get(size).lr_grid)
 
 
 def seeds_of(task: Task, size: str) -> tuple[list[int], list[int]]:
     """(tuning seeds, final seeds): the task's own, else the size's."""
-    return task.seeds if task.seeds is not None else SEEDS[size]
+    if task.seeds is not None:
+        return task.seeds
+    s = sizes.get(size)
+    return list(s.tune_seeds), list(s.final_seeds)
 
 
 def is_done(job: Job, task: Task, out: Path, size: str) -> bool:
@@ -121,9 +123,9 @@ def is_done(job: Job, task: Task, out: Path, size: str) -> bool:
     if not rec or rec.get("size") != size or rec.get("task_info") != task.info():
         return False
     if job.kind == "sweep":
-        lrs, wds, seeds = SWEEP[size]
-        return rec.get("lrs") == list(lrs) and rec.get("wds") == list(wds) and \
-            rec.get("seeds") == list(seeds)
+        s = sizes.get(size)
+        return rec.get("lrs") == list(s.sweep_lrs) and rec.get("wds") == list(s.sweep_wds) \
+            and rec.get("seeds") == list(s.sweep_seeds)
     tune, final = seeds_of(task, size)
     if job.optimizer in DEPENDENT:
         try:
@@ -138,8 +140,9 @@ def is_done(job: Job, task: Task, out: Path, size: str) -> bool:
 
 def run_job(job: Job, task: Task, out: Path, size: str) -> dict:
     if job.kind == "sweep":
-        lrs, wds, seeds = SWEEP[size]
-        rec = runner.sweep(task, job.optimizer, list(lrs), list(wds), seeds, size)
+        s = sizes.get(size)
+        rec = runner.sweep(task, job.optimizer, list(s.sweep_lrs), list(s.sweep_wds),
+                           list(s.sweep_seeds), size)
     elif job.optimizer in DEPENDENT:
         name, value = constant_beta1(job, out)
         rec = runner.tune_and_run(task, name, *seeds_of(task, size), size)
@@ -175,18 +178,31 @@ def smoke(out: Path) -> dict:
 
 
 def memory_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
-    models = {"tiny": ["small_mlp"], "quick": ["small_mlp", "transformer"]}.get(
-        size, list(memory.MODELS))
-    small = size != "full"  # compiling ~20 updates and train steps takes minutes
-    memory.measure(models, list(registry.OPTIMIZERS), compiled=not small,
-                   train_step=not small, output=str(out / "memory.json"), log=log)
+    s = sizes.get(size)
+    memory.measure(list(s.memory_models), list(registry.OPTIMIZERS),
+                   compiled=s.memory_compiled, train_step=s.memory_compiled,
+                   output=str(out / "memory.json"), log=log)
 
 
 def timing_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
-    trees, steps, tasks = {"tiny": (["square8"], 2, []), "quick": (["square8"], 10, []),
-                           "full": (list(speed.TREES), 20, ["mlp", "transformer"])}[size]
-    speed.measure(trees, tasks, list(registry.OPTIMIZERS), steps, 3, str(out / "speed.json"),
-                  log)
+    s = sizes.get(size)
+    speed.measure(list(s.timing_trees), list(s.timing_tasks), list(registry.OPTIMIZERS),
+                  s.timing_steps, 3, str(out / "speed.json"), log)
+
+
+def signal_suite(out: Path, size: str, optimizers: Sequence[str] | None,
+                 log: Callable[[str], None]) -> None:
+    names = [n for n in optimizers or () if n in signal_streams.adaptive_optimizers("full")]
+    if optimizers and not names:
+        log("signal: none of the chosen optimizers has an adaptive beta1; skipped")
+        return
+    signal_streams.run_suite(str(out / "signal.json"), size, names or None, log)
+
+
+# Suites without tasks, by kind: what runs them (after the task suites).
+SPECIAL = {"memory": lambda out, size, opts, log: memory_suite(out, size, log),
+           "timing": lambda out, size, opts, log: timing_suite(out, size, log),
+           "signal": signal_suite}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -264,8 +280,7 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
     for s in suites:
         if s not in SUITES:
             raise ValueError(f"unknown suite {s!r}; choose from {', '.join(SUITES)}")
-    if size not in GRIDS:
-        raise ValueError(f"size must be one of {', '.join(GRIDS)}, got {size!r}")
+    sizes.get(size)  # ValueError naming the sizes
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out)
@@ -275,7 +290,8 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
     cfg = Config(size=size, data_dir=data_dir, cache_dir=out / "cache")
     counts = {"done": 0, "skipped": 0, "failed": 0, "missing_data": 0}
     t0 = time.perf_counter()
-    if "smoke" in suites:
+    kinds = [SUITES[s].kind for s in suites]
+    if "smoke" in kinds:
         rows = smoke(out)["rows"]
         bad = [r["optimizer"] for r in rows if not r["finite"]]
         log(f"smoke: {len(rows)} optimizers, non-finite: {', '.join(bad) or 'none'}")
@@ -352,15 +368,8 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         progress.close()
-    if "memory" in suites:
-        memory_suite(out, size, log)
-    if "timing" in suites:
-        timing_suite(out, size, log)
-    if "signal" in suites:
-        names = [n for n in optimizers or () if n in signal_streams.adaptive_optimizers("full")]
-        if optimizers and not names:
-            log("signal: none of the chosen optimizers has an adaptive beta1; skipped")
-        else:
-            signal_streams.run_suite(str(out / "signal.json"), size, names or None, log)
+    for kind, run_special in SPECIAL.items():
+        if kind in kinds:
+            run_special(out, size, optimizers, log)
     counts["seconds"] = time.perf_counter() - t0
     return counts
