@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from stam_optimizer import _common as c
+from stam_optimizer import _reductions as red
 
 
 class ScaleByAdamsState(NamedTuple):
@@ -95,7 +96,7 @@ def scale_by_adams(
         del params, extra_args  # accepted as optax's transformations do (e.g. value=loss)
         treedef, gs = c.grad_leaves(updates, state.m)
         c.check_real("scale_by_adams", gs)
-        flagged = c.nonfinite_sums(gs)
+        flagged = red.nonfinite_sums(gs)
         us, (ms,) = c.map_leaves(leaf_update, gs, [treedef.flatten_up_to(state.m)], ())
         return treedef.unflatten(us), ScaleByAdamsState(
             m=treedef.unflatten(ms), nonfinite=c.count_flagged(state.nonfinite, flagged))

@@ -330,3 +330,64 @@ def zeros_like(x: jax.Array, block: int = 256) -> QuantizedArray:
     return QuantizedArray(
             jax.device_put(q.codes, jax.sharding.NamedSharding(mesh, spec)),
             jax.device_put(q.scales, jax.sharding.NamedSharding(mesh, scale_spec)))
+
+
+# --- the int8 momentum update ------------------------------------------------------
+
+def momentum_update_plain(mu: QuantizedArray, g: jax.Array, beta1: jax.Array,
+                          key: jax.Array | None, dt: jnp.dtype) -> QuantizedArray:
+    """`quantize(β₁·dequantize(μ) + (1−β₁)·sanitize(g))` with `μ`'s block layout:
+    the plain statement of `momentum_update`."""
+    block = mu.codes.shape[-1]
+    old = dequantize(mu, g.shape).astype(dt)
+    g = g.astype(dt)
+    mix = beta1 * old + (1 - beta1) * jnp.where(jnp.isfinite(g), g, 0)
+    mix_blocks = blocks(mix, block)
+    scales = jnp.max(jnp.abs(mix_blocks), axis=-1)
+    return QuantizedArray(encode_blocks(mix_blocks, scales, key), scales.astype(jnp.float32))
+
+
+def momentum_update(mu: QuantizedArray, g: jax.Array, beta1: jax.Array, count: jax.Array,
+                    key: jax.Array | None, dt: jnp.dtype) -> QuantizedArray:
+    """The int8 momentum `β₁·μ + (1−β₁)·g` (g sanitised), re-encoded in place.
+
+    Contract: `momentum_update_plain`, the same statement written directly (the
+    two agree to one code step; tested). What follows is how this one is fast.
+
+    Three passes over the tensor, each a single vectorised XLA:CPU loop: block
+    maxima of the mix (`quantize.block_absmax`, from slices of codes and g, no
+    reduction op), the new codes, written over the old ones, and later the
+    caller's update, which decodes the new codes. The mix is
+    `k·q·|q| + (1−β₁)·g` with `k = β₁·scale/127²` per block.
+
+    The work runs as the body of a `while_loop` that XLA cannot prove runs
+    once. Written plainly, XLA fuses the encoder into every consumer of the new
+    codes as well (on CPU, fusion ignores optimization barriers): the update
+    would then re-read the old codes and g, and the old codes would be copied
+    before being overwritten. The loop boundary makes the update read the
+    stored codes instead (measured 10–30% faster than the plain form). β₁ rides in
+    the loop carry, changed by a no-op `where`, so that XLA does not hoist the
+    g term out of the loop into a full-size temporary; the rounding key rides
+    along the same way, or the random numbers would be hoisted out as well.
+    """
+    block = mu.codes.shape[-1]
+    g_blocks = blocks(g, block)  # the layout of `block` is mu's (see `quantize.layout`)
+
+    def body(carry):
+        i, codes, scales, b, key = carry
+        k = (b / LEVELS**2 * scales.astype(dt))[..., None]
+
+        def mix(codes, g_blocks):
+            g_part = (1 - b) * g_blocks.astype(dt)  # finite iff g is (β₁ < 1)
+            return (k * signed_squares(codes).astype(dt)
+                    + jnp.where(jnp.isfinite(g_part), g_part, 0))
+
+        new = block_absmax(lambda lo, hi: mix(codes[..., lo:hi], g_blocks[..., lo:hi]), block)
+        codes = encode_blocks(mix(codes, g_blocks), new, key)
+        return (i + 1, codes, new.astype(jnp.float32), jnp.where(i < 0, 2 * b, b),
+                None if key is None else jnp.where(i < 0, key + 1, key))
+
+    once = (count >= 0).astype(jnp.int32)  # 1 (the step count is never negative)
+    _, codes, scales, _, _ = jax.lax.while_loop(lambda carry: carry[0] < once, body,
+                                                (jnp.int32(0), mu.codes, mu.scales, beta1, key))
+    return QuantizedArray(codes, scales)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from stam_optimizer import _common as c
+from stam_optimizer import _reductions as red
 from stam_optimizer import beta1_signal as sig
 
 
@@ -170,7 +171,7 @@ def scale_by_stam(
         t, dt = state.count, state.sigma2.dtype
         # Tensor statistics of r = g − μ: one fused pass per sum and tensor.
         second = (lambda g, m: g**2) if energy else (lambda g, m: jnp.abs(g - m))
-        (sum_r2, sum_2), gs_in, (mus,), flagged = c.tensor_sums(
+        (sum_r2, sum_2), gs_in, (mus,), flagged = red.tensor_sums(
             (lambda g, m: (g - m) ** 2, second), gs, [mus], dt)
         size, nonempty = c.leaf_sizes(gs, dt)
         sigma2, tau = state.sigma2, state.tau
@@ -206,13 +207,13 @@ def scale_by_stam(
             g = c.sanitize(g, dt)
             mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
             new_nu = b2 * nu.astype(dt) + (1 - b2) * g**2
-            mu_hat = c.read_back(mu, dt) * inv_mu_bias  # the stored μ (see c.read_back)
+            mu_hat = red.read_back(mu, dt) * inv_mu_bias  # the stored μ (see red.read_back)
             stored_nu = c.store(new_nu, nu.dtype)
             # A float16 ν is used before storage, which would flush small g² to
             # 0; a bfloat16 one is read back like μ: used before storage, the
             # float32 ν would be one more param-sized temporary.
             if nu.dtype == jnp.bfloat16:
-                new_nu = c.read_back(stored_nu, dt)
+                new_nu = red.read_back(stored_nu, dt)
             nu_hat = new_nu / nu_bias
             u = mu_hat / (jnp.sqrt(nu_hat) + eps)
             return u, mu, stored_nu

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from stam_optimizer import _common as c
+from stam_optimizer import _reductions as red
 from stam_optimizer import beta1_signal as sig
 from stam_optimizer import quantize as qz
 
@@ -69,49 +70,6 @@ def _validate(b1_base, eps, adapt_strength, moment_decay, beta1_update_interval,
         c.check_b1_min(b1_min, b1_base)
 
 
-def _requantize(mu: qz.QuantizedArray, g: jax.Array, beta1: jax.Array, count: jax.Array,
-                key: jax.Array | None, dt: jnp.dtype) -> qz.QuantizedArray:
-    """The int8 momentum `β₁·μ + (1−β₁)·g` (g sanitised), re-encoded in place.
-
-    Three passes over the tensor, each a single vectorised XLA:CPU loop: block
-    maxima of the mix (`quantize.block_absmax`, from slices of codes and g, no
-    reduction op), the new codes, written over the old ones, and later the
-    caller's update, which decodes the new codes. The mix is
-    `k·q·|q| + (1−β₁)·g` with `k = β₁·scale/127²` per block.
-
-    The work runs as the body of a `while_loop` that XLA cannot prove runs
-    once. Written plainly, XLA fuses the encoder into every consumer of the new
-    codes as well (on CPU, fusion ignores optimization barriers): the update
-    would then re-read the old codes and g, and the old codes would be copied
-    before being overwritten. The loop boundary makes the update read the
-    stored codes instead (measured 10–30% faster than the plain form). β₁ rides in
-    the loop carry, changed by a no-op `where`, so that XLA does not hoist the
-    g term out of the loop into a full-size temporary; the rounding key rides
-    along the same way, or the random numbers would be hoisted out as well.
-    """
-    block = mu.codes.shape[-1]
-    g_blocks = qz.blocks(g, block)  # the layout of `block` is mu's (see `quantize.layout`)
-
-    def body(carry):
-        i, codes, scales, b, key = carry
-        k = (b / qz.LEVELS**2 * scales.astype(dt))[..., None]
-
-        def mix(codes, g_blocks):
-            g_part = (1 - b) * g_blocks.astype(dt)  # finite iff g is (β₁ < 1)
-            return (k * qz.signed_squares(codes).astype(dt)
-                    + jnp.where(jnp.isfinite(g_part), g_part, 0))
-
-        new = qz.block_absmax(lambda lo, hi: mix(codes[..., lo:hi], g_blocks[..., lo:hi]), block)
-        codes = qz.encode_blocks(mix(codes, g_blocks), new, key)
-        return (i + 1, codes, new.astype(jnp.float32), jnp.where(i < 0, 2 * b, b),
-                None if key is None else jnp.where(i < 0, key + 1, key))
-
-    once = (count >= 0).astype(jnp.int32)  # 1 (the step count is never negative)
-    _, codes, scales, _, _ = jax.lax.while_loop(lambda carry: carry[0] < once, body,
-                                                (jnp.int32(0), mu.codes, mu.scales, beta1, key))
-    return qz.QuantizedArray(codes, scales)
-
-
 def _as_quantized(mu: Any) -> Any:
     """A quantised μ leaf as `QuantizedArray`, also when a container (such as
     `flax.nnx.Optimizer`, which stores it back as a mapping) rebuilt it."""
@@ -120,6 +78,49 @@ def _as_quantized(mu: Any) -> Any:
     if hasattr(mu, "keys") and set(mu.keys()) == set(qz.QuantizedArray._fields):
         return qz.QuantizedArray(*(c.unbox(mu[f]) for f in qz.QuantizedArray._fields))
     return mu
+
+
+def _init_momentum(params: Any, dtype: jnp.dtype, quantize_mask: Any, min_quantized_size: int,
+                   block_size: int) -> Any:
+    """μ = 0, param-shaped in `dtype`; with int8, a `QuantizedArray` for every
+    tensor the mask allows with at least `min_quantized_size` elements."""
+    if dtype != jnp.int8:
+        return c.zeros_like_tree(params, dtype)
+    mask = quantize_mask(params) if callable(quantize_mask) else quantize_mask
+    mask = jax.tree.map(lambda _: True, params, is_leaf=c.is_boxed) if mask is None else mask
+
+    def leaf(p, m):
+        # A flax Variable's sharding metadata fits the param, not the codes:
+        # a quantised leaf is returned unboxed.
+        x = c.unbox(p)
+        if m and x.ndim and x.size and x.size >= min_quantized_size:
+            return qz.zeros_like(x, block_size)
+        return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=jnp.float32), p)
+
+    return jax.tree.map(leaf, params, mask, is_leaf=c.is_boxed)
+
+
+def _spec_beta1(a_hat, b_hat, eps, b1_base, alpha, b1_min):
+    """The SPEC signal of STAMLite: `z = max(b̂ − â², 0)/(b̂ + eps)`, `s = z/(1+z)`,
+    `β₁ = clip(b1_base·(1 − α·s), b1_min, b1_base)` (b1_base if not finite)."""
+    var = jnp.maximum(b_hat - a_hat**2, 0)
+    z = var / (b_hat + eps)
+    s = z / (1 + z)
+    cand = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
+    return jnp.where(jnp.isfinite(cand), cand, b1_base)
+
+
+def _leaf_update(g, mu, beta1, factor, index, t, step_key, dt):
+    """One tensor: `μ ← β₁·μ + (1−β₁)·g` (stored in μ's dtype, or int8 codes)
+    and the direction `u = μ·factor`, from the stored μ."""
+    if isinstance(mu, qz.QuantizedArray):  # int8: decode, mix, re-encode
+        key = None if step_key is None else jax.random.fold_in(step_key, index)
+        mu = qz.momentum_update(mu, g, beta1, t, key, dt)
+        return qz.dequantize(mu, g.shape).astype(dt) * factor, mu
+    g = c.sanitize(g, dt)
+    mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
+    stored = red.read_back(mu, dt)  # the stored μ (see red.read_back)
+    return stored * factor, mu
 
 
 def scale_by_stam_lite(
@@ -230,22 +231,6 @@ def scale_by_stam_lite(
     if b1_min is None:
         b1_min = c.default_b1_min(b1_base, alpha)
 
-    def _init_mu(params):
-        if not quantized:
-            return c.zeros_like_tree(params, dtype)
-        mask = quantize_mask(params) if callable(quantize_mask) else quantize_mask
-        mask = jax.tree.map(lambda _: True, params, is_leaf=c.is_boxed) if mask is None else mask
-
-        def leaf(p, m):
-            # A flax Variable's sharding metadata fits the param, not the codes:
-            # a quantised leaf is returned unboxed.
-            x = c.unbox(p)
-            if m and x.ndim and x.size and x.size >= min_quantized_size:
-                return qz.zeros_like(x, block_size)
-            return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=jnp.float32), p)
-
-        return jax.tree.map(leaf, params, mask, is_leaf=c.is_boxed)
-
     def init_fn(params):
         params = c.as_arrays(params)
         c.check_real("scale_by_stam_lite", params)
@@ -253,7 +238,7 @@ def scale_by_stam_lite(
         n, dt = len(leaves), c.stat_dtype(leaves)
         return ScaleByStamLiteState(
             count=jnp.zeros([], jnp.int32),
-            mu=_init_mu(params),
+            mu=_init_momentum(params, dtype, quantize_mask, min_quantized_size, block_size),
             a=c.vector(n, 0.0, dt, leaves),
             b=c.vector(n, 0.0, dt, leaves),
             beta1=c.vector(n, b1_base, dt, leaves),
@@ -271,10 +256,10 @@ def scale_by_stam_lite(
         # Tensor moments of g: one fused pass per sum and tensor.
         res_energy = state.res_energy
         if energy:  # the energy signal also needs mean((g − μ)²)
-            (sum_g, sum_g2, sum_r2), gs_in, (mus,), flagged = c.tensor_sums(
+            (sum_g, sum_g2, sum_r2), gs_in, (mus,), flagged = red.tensor_sums(
                 (lambda g, m: g, lambda g, m: g**2, lambda g, m: (g - m) ** 2), gs, [mus], dt)
         else:
-            (sum_g, sum_g2), gs_in, (), flagged = c.tensor_sums(
+            (sum_g, sum_g2), gs_in, (), flagged = red.tensor_sums(
                 (lambda g: g, lambda g: g**2), gs, [], dt)
         size, nonempty = c.leaf_sizes(gs, dt)
         # The scalar rules of docs/math.md, for all tensors at once (vectors in leaf order).
@@ -287,11 +272,7 @@ def scale_by_stam_lite(
                                                alpha, b1_min)
             res_energy = c.keep_where_empty(nonempty, res_energy, state.res_energy)
         else:
-            var = jnp.maximum(b_hat - a_hat**2, 0)
-            z = var / (b_hat + eps)
-            s = z / (1 + z)
-            cand = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
-            cand = jnp.where(jnp.isfinite(cand), cand, b1_base)
+            cand = _spec_beta1(a_hat, b_hat, eps, b1_base, alpha, b1_min)
         refresh = t % jnp.asarray(k, jnp.int32) == 0  # lazy β₁: every k steps
         beta1 = jnp.where(refresh, cand, state.beta1).astype(dt)
         prod = state.beta1_prod * beta1
@@ -308,14 +289,7 @@ def scale_by_stam_lite(
         factor = 1 / ((1 - prod) * rms)
 
         def leaf_update(g, mu, beta1, factor, index):
-            if isinstance(mu, qz.QuantizedArray):  # int8: decode, mix, re-encode
-                key = None if step_key is None else jax.random.fold_in(step_key, index)
-                mu = _requantize(mu, g, beta1, t, key, dt)
-                return qz.dequantize(mu, g.shape).astype(dt) * factor, mu
-            g = c.sanitize(g, dt)
-            mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
-            stored = c.read_back(mu, dt)  # the stored μ (see c.read_back)
-            return stored * factor, mu
+            return _leaf_update(g, mu, beta1, factor, index, t, step_key, dt)
 
         index = jnp.arange(len(gs), dtype=jnp.int32)
         us, (mus,) = c.map_leaves(leaf_update, gs_in, [mus], (beta1, factor, index))

@@ -296,3 +296,31 @@ def test_int8_option_validation():
         so.stam_lite(state_dtype="int8", block_size=0)
     with pytest.raises(ValueError, match="min_quantized_size"):
         so.stam_lite(state_dtype="int8", min_quantized_size=-1)
+
+
+@pytest.mark.parametrize("shape", [(300, 256), (7, 1000), (4097,)])
+@pytest.mark.parametrize("bad", [False, True])
+def test_momentum_update_keeps_the_plain_contract(shape, bad):
+    """The fused int8 momentum update = `momentum_update_plain`, to one code step
+    (both round β₁·μ + (1−β₁)·g, computed in a different order, to the nearest code)."""
+    rng = np.random.default_rng(sum(shape))
+    mu = qz.quantize(jnp.asarray(rng.standard_normal(shape), jnp.float32))
+    g = rng.standard_normal(shape).astype(np.float32) * 0.3
+    if bad:
+        g.reshape(-1)[::97] = np.nan
+        g.reshape(-1)[5] = np.inf
+    g = jnp.asarray(g)
+    beta1 = jnp.float32(0.85)
+    fast = jax.jit(lambda m, g: qz.momentum_update(m, g, beta1, jnp.int32(3), None,
+                                                   jnp.float32))(mu, g)
+    plain = qz.momentum_update_plain(mu, g, beta1, None, jnp.float32)
+    np.testing.assert_allclose(fast.scales, plain.scales, rtol=1e-6)
+    step = np.asarray(fast.codes, np.int32) - np.asarray(plain.codes, np.int32)
+    assert np.abs(step).max() <= 1 and np.mean(step != 0) < 1e-3
+    # and the plain statement is what it says, against float64
+    old = np.asarray(qz.dequantize(mu, shape), np.float64)
+    g64 = np.nan_to_num(np.asarray(g, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    want = 0.85 * old + 0.15 * g64
+    got = np.asarray(qz.dequantize(plain, shape), np.float64)
+    block_max = np.abs(want).max()
+    assert np.abs(got - want).max() <= 0.008 * block_max  # the code map's error bound

@@ -242,17 +242,9 @@ def _mib(x) -> str:
     return "n/a" if x is None else f"{x / 2**20:.3g}"
 
 
-def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
-    """The markdown lines of the gpt section (and its figures under `out_dir`)."""
-    lines = ["## GPT suite: learning-rate sensitivity, loss spikes, memory", ""]
-    tasks = {t: runs for t, runs in tasks.items()
-             if any(r.get("suite") == SUITE and "lr_sensitivity" in r and
-                    "start_metric" in r["lr_sensitivity"] for r in runs.values())}
-    if not tasks:
-        return lines + ["Not run.", ""]
-    order = sorted(tasks, key=lambda t: _variant(next(iter(tasks[t].values()))))
-    best, sens = judge_suite(tasks, baseline)
-    first = next(iter(tasks[order[0]].values()))
+def _setup_lines(tasks: Tasks, order: list[str], first: dict, baseline: str) -> list[str]:
+    """The setup, the recipes and the protocol paragraphs of the section."""
+    lines: list[str] = []
     lines += [
         "Small GPT decoders (pre-LayerNorm, no biases, untied embeddings) on characters of "
         "real text, trained as language models are: linear warmup then cosine decay of the "
@@ -288,6 +280,60 @@ def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
               f"{number(first['task_info']['min_effect'])} nats) and (b) LR sensitivity (min "
               f"effect {LRS_MIN_EFFECT:g} nats, fixed before the full run). Schedule-free "
               "AdamW is evaluated at its averaged parameters.", ""]
+    return lines
+
+
+def _task_table(t: str, runs: dict, best: dict, sens: dict, baseline: str,
+                wide: list[str]) -> list[str]:
+    """The table of one task, best loss first; appends to `wide` the comparisons
+    whose interval is wider than the minimum effect."""
+    header = ["optimizer", "best lr", "best loss [95% CI]", f"diff vs {baseline} [95% CI]",
+              "(a) verdict", "LR sensitivity [95% CI]", f"diff vs {baseline} [95% CI]",
+              "(b) verdict", "spikes (runs with one)", "diverged runs", "state MiB",
+              "train-step peak MiB"]
+    rows = []
+    for o in sorted(runs, key=lambda o: (not math.isfinite(mean_ci(floats(
+            runs[o]["final"]["metric"]))[0]), mean_ci(floats(runs[o]["final"]["metric"]))[0]
+            if math.isfinite(mean_ci(floats(runs[o]["final"]["metric"]))[0]) else 0, o)):
+        r = runs[o]
+        jb, js = best.get((t, o)), sens.get((t, o))
+        spikes, with_spike, div = spike_counts(r)
+        n_runs = sum(len(row) for row in r["lr_sensitivity"]["train_loss"])
+        meas = r.get("measured") or {}
+        note = " (extended)" if r["tuning"].get("extended") else ""
+        rows.append([
+            f"`{o}`", number(r["final"]["lr"], 3) + note, interval_text(*mean_ci(floats(
+                r["final"]["metric"]))),
+            "baseline" if o == baseline else
+            "n/a" if jb is None else interval_text(*jb.diff[:3]),
+            "" if jb is None else f"**{jb.verdict}**",
+            interval_text(*mean_ci(seed_sensitivities(r, common_lrs(runs)))),
+            "baseline" if o == baseline else
+            "n/a" if js is None else interval_text(*js.diff[:3]),
+            "" if js is None else f"**{js.verdict}**",
+            f"{spikes} ({with_spike}/{n_runs})", f"{div}/{n_runs}",
+            _mib(meas.get("state_bytes")), _mib(meas.get("train_step_peak_bytes"))])
+        if jb is not None and math.isfinite(jb.diff.hi - jb.diff.lo) and (
+                jb.diff.hi - jb.diff.lo) / 2 >= r["task_info"]["min_effect"]:
+            wide.append(f"`{t}` · `{o}` (half-width "
+                        f"{number((jb.diff.hi - jb.diff.lo) / 2, 3)})")
+        elif jb is not None and not math.isfinite(jb.diff.hi - jb.diff.lo):
+            wide.append(f"`{t}` · `{o}` (no interval: a seed diverged or too few seeds)")
+    return table(header, rows)
+
+
+def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
+    """The markdown lines of the gpt section (and its figures under `out_dir`)."""
+    lines = ["## GPT suite: learning-rate sensitivity, loss spikes, memory", ""]
+    tasks = {t: runs for t, runs in tasks.items()
+             if any(r.get("suite") == SUITE and "lr_sensitivity" in r and
+                    "start_metric" in r["lr_sensitivity"] for r in runs.values())}
+    if not tasks:
+        return lines + ["Not run.", ""]
+    order = sorted(tasks, key=lambda t: _variant(next(iter(tasks[t].values()))))
+    best, sens = judge_suite(tasks, baseline)
+    first = next(iter(tasks[order[0]].values()))
+    lines += _setup_lines(tasks, order, first, baseline)
     path = _sensitivity_figure(tasks, out_dir / "gpt_lr_sensitivity.png")
     if path:
         lines += ["LR sensitivity against width (mean over final seeds, 95% CI), without and "
@@ -306,45 +352,12 @@ def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
         lines += ["Final validation loss against peak learning rate (mean over final seeds; "
                   "crosses on the dotted ℓ₀ line: diverged or worse than at initialisation):",
                   "", f"![gpt loss vs lr]({path.name})", ""]
-    header = ["optimizer", "best lr", "best loss [95% CI]", f"diff vs {baseline} [95% CI]",
-              "(a) verdict", "LR sensitivity [95% CI]", f"diff vs {baseline} [95% CI]",
-              "(b) verdict", "spikes (runs with one)", "diverged runs", "state MiB",
-              "train-step peak MiB"]
     wide: list[str] = []
+    widest = max(_variant(r)[0] for rs in tasks.values() for r in rs.values())
     for t in order:
-        runs = tasks[t]
-        rows = []
-        for o in sorted(runs, key=lambda o: (not math.isfinite(mean_ci(floats(
-                runs[o]["final"]["metric"]))[0]), mean_ci(floats(runs[o]["final"]["metric"]))[0]
-                if math.isfinite(mean_ci(floats(runs[o]["final"]["metric"]))[0]) else 0, o)):
-            r = runs[o]
-            jb, js = best.get((t, o)), sens.get((t, o))
-            spikes, with_spike, div = spike_counts(r)
-            n_runs = sum(len(row) for row in r["lr_sensitivity"]["train_loss"])
-            meas = r.get("measured") or {}
-            note = " (extended)" if r["tuning"].get("extended") else ""
-            rows.append([
-                f"`{o}`", number(r["final"]["lr"], 3) + note, interval_text(*mean_ci(floats(
-                    r["final"]["metric"]))),
-                "baseline" if o == baseline else
-                "n/a" if jb is None else interval_text(*jb.diff[:3]),
-                "" if jb is None else f"**{jb.verdict}**",
-                interval_text(*mean_ci(seed_sensitivities(r, common_lrs(runs)))),
-                "baseline" if o == baseline else
-                "n/a" if js is None else interval_text(*js.diff[:3]),
-                "" if js is None else f"**{js.verdict}**",
-                f"{spikes} ({with_spike}/{n_runs})", f"{div}/{n_runs}",
-                _mib(meas.get("state_bytes")), _mib(meas.get("train_step_peak_bytes"))])
-            if jb is not None and math.isfinite(jb.diff.hi - jb.diff.lo) and (
-                    jb.diff.hi - jb.diff.lo) / 2 >= r["task_info"]["min_effect"]:
-                wide.append(f"`{t}` · `{o}` (half-width "
-                            f"{number((jb.diff.hi - jb.diff.lo) / 2, 3)})")
-            elif jb is not None and not math.isfinite(jb.diff.hi - jb.diff.lo):
-                wide.append(f"`{t}` · `{o}` (no interval: a seed diverged or too few seeds)")
-        lines += [f"### {t}", "", *table(header, rows)]
-        widest = max(_variant(r)[0] for rs in tasks.values() for r in rs.values())
-        if _variant(next(iter(runs.values())))[0] == widest:
-            path = _memory_figure(runs, f"{t}: best loss against memory",
+        lines += [f"### {t}", "", *_task_table(t, tasks[t], best, sens, baseline, wide)]
+        if _variant(next(iter(tasks[t].values())))[0] == widest:
+            path = _memory_figure(tasks[t], f"{t}: best loss against memory",
                                   out_dir / f"gpt_memory_{t}.png")
             if path:
                 lines += [f"![{t} loss against memory]({path.name})", ""]
