@@ -33,8 +33,7 @@ def _leaves(seed: int, bad: dict[int, float]):
 
 
 @pytest.mark.parametrize("fns", list(FNS))
-@pytest.mark.parametrize("bad", [{}, {2: np.nan}, {6: np.inf, 8: -np.inf}, {1: np.nan, 5: np.inf,
-                                                                           8: np.nan}])
+@pytest.mark.parametrize("bad", [{}, {1: np.nan, 5: np.inf, 6: -np.inf, 8: np.nan}])
 @pytest.mark.parametrize("jit", [False, True])
 def test_tensor_sums_keep_the_plain_contract(fns, bad, jit):
     fs = FNS[fns]
