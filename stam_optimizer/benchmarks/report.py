@@ -367,7 +367,15 @@ def _ablation(ctx: _Context) -> list[str]:
 
 def _profile(ctx: _Context) -> list[str]:
     lines = ["## Performance profile (steps to target)", ""]
-    opts = sorted({o for runs in ctx.tasks.values() for o in runs})
+    # the optimizers that ran on the most tasks (suites with their own optimizer set,
+    # like gpt, would otherwise leave no task that has every optimizer)
+    cover: dict[str, int] = {}
+    for runs in ctx.tasks.values():
+        for o in runs:
+            cover[o] = cover.get(o, 0) + 1
+    top = max(cover.values(), default=0)
+    opts = sorted(o for o, n in cover.items() if n == top)
+    others = sorted(o for o in cover if o not in opts)
     common = [t for t, runs in ctx.tasks.items() if all(o in runs for o in opts)]
     if not common:
         return lines + ["Not run: no task has every optimizer.", ""]
@@ -385,7 +393,9 @@ def _profile(ctx: _Context) -> list[str]:
               "optimizer is within a factor τ of the best; tasks nobody solved are dropped."
               f" Tasks used: {', '.join(common)}."
               + (f" Left out (not every optimizer ran): {', '.join(left_out)}." if left_out
-                 else ""), ""]
+                 else "")
+              + (f" Optimizers that ran on fewer tasks are not in the profile: "
+                 f"{', '.join(f'`{o}`' for o in others)}." if others else ""), ""]
     rows = [[f"`{o}`", number(at[o][0], 3), number(at[o][1], 3), number(float(np.mean(prof[o])), 3)]
             for o in sorted(opts, key=lambda o: -np.nan_to_num(np.mean(prof[o]), nan=-1))]
     lines += table(["optimizer", "fraction at τ=1", "fraction at τ=2",
