@@ -73,9 +73,10 @@ def test_low_precision_state_tracks_float32():
     params = make_params()
     full, half = so.stam_lite(LR), so.stam_lite(LR, state_dtype="bfloat16")
     s1, s2 = full.init(params), half.init(params)
+    step1, step2 = jax.jit(full.update), jax.jit(half.update)
     for g in gradient_stream(50):
-        u1, s1 = full.update(g, s1, params)
-        u2, s2 = half.update(g, s2, params)
+        u1, s1 = step1(g, s1, params)
+        u2, s2 = step2(g, s2, params)
     for k in ("conv", "dense", "bias"):
         # bf16 keeps 8 significant bits: a relative error of a few 2^-8
         err = float(jnp.max(jnp.abs(u1[k] - u2[k])) / jnp.max(jnp.abs(u1[k])))
