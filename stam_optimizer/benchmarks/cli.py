@@ -190,10 +190,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="stam-bench", description=__doc__,
-                                 formatter_class=HelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
+def _common_arguments() -> argparse.ArgumentParser:
+    """The options shared by quick, full and run."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", default=None,
                         help="results folder (default: results/<size>); re-running resumes")
@@ -210,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="jobs compiled and run at once")
     common.add_argument("--force", action="store_true", help="re-run finished runs too")
     common.add_argument("--no-report", action="store_true", help="do not build the report")
+    return common
+
+
+def _add_programme_commands(sub: argparse._SubParsersAction) -> None:
+    common = _common_arguments()
     p = sub.add_parser("quick", parents=[common], help="every suite at small size (~5 min)",
                        description="Every suite at small size with the quick optimizer set "
                                    "(STAM, STAMLite, AdamW and what each suite's question "
@@ -233,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=None,
                    help="where to write report.md and the plots (default: --results)")
     p.set_defaults(func=cmd_report)
+
+
+def _add_measurement_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("memory", help="optimizer-state bytes per parameter",
                        description=memory.__doc__)
     add_memory_arguments(p)
@@ -263,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=positive, default=12, help="kernels shown per optimizer")
     p.add_argument("--output", default="results/profile.json", help="JSON file to write")
     p.set_defaults(func=cmd_profile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="stam-bench", description=__doc__,
+                                 formatter_class=HelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_programme_commands(sub)
+    _add_measurement_commands(sub)
     for p in sub.choices.values():
         p.formatter_class = HelpFormatter
     return ap

@@ -269,34 +269,24 @@ def _summary(job: Job, rec: dict, seconds: float) -> str:
             f"{rec['task_info']['metric']} {mean}  ({seconds:.0f}s)")
 
 
-def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path | None = None,
-                  optimizers: Sequence[str] | None = None, extra: Sequence[str] = (),
-                  workers: int = 2, force: bool = False,
-                  log: Callable[[str], None] = print) -> dict:
-    """Runs `suites` at `size` into `out`; returns counts of done/skipped/failed jobs.
-
-    `optimizers` replaces each suite's optimizer set; `extra` names registry
-    entries (see `registry.load`) added to every suite."""
+def _check_arguments(suites: Sequence[str], size: str, workers: int) -> None:
     for s in suites:
         if s not in SUITES:
             raise ValueError(f"unknown suite {s!r}; choose from {', '.join(SUITES)}")
     sizes.get(size)  # ValueError naming the sizes
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(out / "cache" / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    cfg = Config(size=size, data_dir=data_dir, cache_dir=out / "cache")
-    counts = {"done": 0, "skipped": 0, "failed": 0, "missing_data": 0}
-    t0 = time.perf_counter()
-    kinds = [SUITES[s].kind for s in suites]
-    if "smoke" in kinds:
-        rows = smoke(out)["rows"]
-        bad = [r["optimizer"] for r in rows if not r["finite"]]
-        log(f"smoke: {len(rows)} optimizers, non-finite: {', '.join(bad) or 'none'}")
 
-    tasks: dict[str, Task] = {}
+
+def _pending(suites: Sequence[str], size: str, out: Path, cfg: Config,
+             optimizers: Sequence[str] | None, extra: Sequence[str], force: bool,
+             counts: dict, log: Callable[[str], None]) -> tuple[dict[str, Task | None],
+                                                                list[Job]]:
+    """The built tasks and the jobs still to run; counts skipped and missing-data jobs.
+
+    Dependent jobs are always returned: whether they are done is known only after
+    their source runs."""
+    tasks: dict[str, Task | None] = {}
     jobs = []
     for job in plan(suites, size, optimizers, extra):
         if job.task not in tasks:
@@ -313,6 +303,53 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
             counts["skipped"] += 1
             continue
         jobs.append(job)
+    return tasks, jobs
+
+
+def _save_running(futures: dict[cf.Future, Job], finished: Callable[[cf.Future], None],
+                  counts: dict, progress: _Progress, log: Callable[[str], None]) -> None:
+    """After a first Ctrl-C: drops queued jobs, waits for the running ones to be
+    saved (a second Ctrl-C abandons them), then raises `Interrupted`."""
+    for fut in futures:
+        fut.cancel()  # queued jobs are dropped; running ones cannot be stopped
+    running = [f for f in futures if not f.done()]
+    progress.close()
+    if running:
+        names = ", ".join(f"{futures[f].task}/{futures[f].optimizer}" for f in running)
+        log(f"interrupted: waiting for {len(running)} running job(s) to finish and be "
+            f"saved ({names}); press Ctrl-C again to stop now and lose them")
+        try:
+            for fut in _as_completed(running):
+                if not fut.cancelled():
+                    finished(fut)
+        except KeyboardInterrupt:
+            raise Interrupted(counts, abandoned=len(running)) from None
+    raise Interrupted(counts) from None
+
+
+def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path | None = None,
+                  optimizers: Sequence[str] | None = None, extra: Sequence[str] = (),
+                  workers: int = 2, force: bool = False,
+                  log: Callable[[str], None] = print) -> dict:
+    """Runs `suites` at `size` into `out`; returns counts of done/skipped/failed jobs.
+
+    `optimizers` replaces each suite's optimizer set; `extra` names registry
+    entries (see `registry.load`) added to every suite."""
+    _check_arguments(suites, size, workers)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(out / "cache" / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    cfg = Config(size=size, data_dir=data_dir, cache_dir=out / "cache")
+    counts = {"done": 0, "skipped": 0, "failed": 0, "missing_data": 0}
+    t0 = time.perf_counter()
+    kinds = [SUITES[s].kind for s in suites]
+    if "smoke" in kinds:
+        rows = smoke(out)["rows"]
+        bad = [r["optimizer"] for r in rows if not r["finite"]]
+        log(f"smoke: {len(rows)} optimizers, non-finite: {', '.join(bad) or 'none'}")
+
+    tasks, jobs = _pending(suites, size, out, cfg, optimizers, extra, force, counts, log)
     dependent = [j for j in jobs if j.optimizer in DEPENDENT]
     if counts["skipped"]:
         log(f"resuming: {counts['skipped']} finished runs kept, {len(jobs)} to go")
@@ -350,21 +387,7 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
         progress.add(len(later) - len(dependent))
         run_all(later)
     except KeyboardInterrupt:
-        for fut in futures:
-            fut.cancel()  # queued jobs are dropped; running ones cannot be stopped
-        running = [f for f in futures if not f.done()]
-        progress.close()
-        if running:
-            names = ", ".join(f"{futures[f].task}/{futures[f].optimizer}" for f in running)
-            log(f"interrupted: waiting for {len(running)} running job(s) to finish and be "
-                f"saved ({names}); press Ctrl-C again to stop now and lose them")
-            try:
-                for fut in _as_completed(running):
-                    if not fut.cancelled():
-                        finished(fut)
-            except KeyboardInterrupt:
-                raise Interrupted(counts, abandoned=len(running)) from None
-        raise Interrupted(counts) from None
+        _save_running(futures, finished, counts, progress, log)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         progress.close()
