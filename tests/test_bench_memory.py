@@ -212,6 +212,27 @@ def test_train_step_memory_against_the_trees(name):
     assert donated["total"] < plain["total"]
 
 
+def test_step_memory_of_any_loss_and_its_peak():
+    """A least-squares step: arguments are exactly params, state and batch; the
+    peak is the reported one where the backend gives it, else the total."""
+    params = {"w": jax.ShapeDtypeStruct((64, 32), jnp.float32)}
+    batch = (jax.ShapeDtypeStruct((8, 64), jnp.float32), jax.ShapeDtypeStruct((8, 32), jnp.float32))
+
+    def loss(p, b):
+        x, y = b
+        return jnp.mean((x @ p["w"] - y) ** 2)
+
+    tx = registry.get("adamw")
+    r = memory.step_memory(loss, tx, params, batch)
+    p_bytes = 64 * 32 * 4
+    s_bytes = memory.state_bytes(tx, params)
+    assert r["argument"] == p_bytes + s_bytes + (8 * 64 + 8 * 32) * 4
+    assert r["output"] >= p_bytes + s_bytes + 4
+    assert memory.peak_bytes(r) == (r["peak_reported"] or r["total"])
+    assert memory.peak_bytes(dict(r, peak_reported=None)) == r["total"]
+    assert memory.peak_bytes(dict(r, peak_reported=123)) == 123
+
+
 def test_train_step_memory_rejects_bad_sizes():
     params = _tiny_transformer()
     with pytest.raises(ValueError, match="seq must be <= the model's context 32"):

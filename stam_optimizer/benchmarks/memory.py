@@ -134,11 +134,11 @@ def int8_state(model: str = DEFAULT_MODEL) -> dict:
             "bytes_per_param": b / n, "times_smaller_than_adamw": base / b}
 
 
-def _train_step(tx: optax.GradientTransformation) -> Callable:
-    def step(params, state, tokens):
-        loss, grads = jax.value_and_grad(transformer_loss)(params, tokens)
+def _train_step(loss: Callable, tx: optax.GradientTransformation) -> Callable:
+    def step(params, state, batch):
+        value, grads = jax.value_and_grad(loss)(params, batch)
         updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss
+        return optax.apply_updates(params, updates), state, value
 
     return step
 
@@ -165,22 +165,34 @@ def compiled_memory(tx: optax.GradientTransformation, params: Any, donate: bool)
     return _analysis(jitted, params, grads, state)
 
 
+def step_memory(loss: Callable, tx: optax.GradientTransformation, params: Any,
+                batch: Any, donate: bool = False) -> dict:
+    """Buffer sizes of the compiled train step `(params, state, batch) ->
+    (params, state, loss)` of any scalar `loss(params, batch)`, lowered on abstract
+    inputs (arrays or `ShapeDtypeStruct`s), with params and state donated when
+    `donate`; the fields of `compiled_memory`.
+    """
+    state = jax.eval_shape(tx.init, params)
+    jitted = jax.jit(_train_step(loss, tx), donate_argnums=(0, 1) if donate else ())
+    return _analysis(jitted, params, state, batch)
+
+
+def peak_bytes(analysis: dict) -> int | None:
+    """The peak of a `compiled_memory`/`step_memory` result: the backend's reported
+    peak where it gives one (non-zero), else argument + output − alias + temp."""
+    return analysis["peak_reported"] or analysis["total"]
+
+
 def train_step_memory(tx: optax.GradientTransformation, params: dict, donate: bool,
                       batch: int, seq: int) -> dict:
-    """Buffer sizes of the compiled transformer train step
-    `(params, state, tokens) -> (params, state, loss)` on `batch × seq` tokens, lowered
-    on abstract inputs, with params and state donated when `donate`; the fields of
-    `compiled_memory`.
-    """
+    """`step_memory` of the zoo transformer's next-token loss on `batch × seq` tokens."""
     if batch < 1 or seq < 1:
         raise ValueError(f"batch and seq must be >= 1, got batch={batch}, seq={seq}")
     ctx = params["pos"].shape[0]
     if seq > ctx:
         raise ValueError(f"seq must be <= the model's context {ctx}, got {seq}")
-    state = jax.eval_shape(tx.init, params)
     tokens = jax.ShapeDtypeStruct((batch, seq + 1), jnp.int32)
-    jitted = jax.jit(_train_step(tx), donate_argnums=(0, 1) if donate else ())
-    return _analysis(jitted, params, state, tokens)
+    return step_memory(transformer_loss, tx, params, tokens, donate)
 
 
 def _analysis(jitted: Any, *args: Any) -> dict:

@@ -20,7 +20,7 @@ evaluated at its averaged parameters (`optax.contrib.schedule_free_eval_params`)
 The grid is the same for every optimizer: half-decades 3e-4 … 3e-1 at full
 size; the runner adds two more points beyond an edge where the best sits.
 Each run record also holds the optimizer's state bytes and the peak memory of
-the compiled train step (`train_step_peak_bytes`).
+the compiled train step (`memory.step_memory`).
 """
 
 from __future__ import annotations
@@ -157,29 +157,6 @@ def _is_schedule_free(x: Any) -> bool:
     return isinstance(x, optax.contrib.ScheduleFreeState)
 
 
-def train_step_peak_bytes(loss, tx: optax.GradientTransformation, params: Any,
-                          batch: Any) -> int | None:
-    """Peak memory of one compiled train step (loss, gradients, update), from
-    `jax.jit(step).lower(...).compile().memory_analysis()` on abstract inputs:
-    its `peak_memory_in_bytes` where the backend reports it, else argument +
-    output − alias + temp bytes. None where there is no analysis."""
-
-    def step(params, state, batch):
-        grads = jax.grad(loss)(params, batch)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    state = jax.eval_shape(tx.init, params)
-    stats = jax.jit(step).lower(params, state, batch).compile().memory_analysis()
-    if stats is None:
-        return None
-    peak = getattr(stats, "peak_memory_in_bytes", None)
-    if peak:
-        return int(peak)
-    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
-               - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
-
-
 @dataclasses.dataclass(frozen=True)
 class Variant:
     d: int
@@ -228,7 +205,7 @@ def make(cfg: Config, v: Variant) -> Task:
         tx = llm_optimizer(name, 1e-3, steps, warmup)
         b = jax.ShapeDtypeStruct((batch_size, seq + 1), jnp.int32)
         return {"params": memory.param_count(p), "state_bytes": memory.state_bytes(tx, p),
-                "train_step_peak_bytes": train_step_peak_bytes(loss, tx, p, b),
+                "train_step_peak_bytes": memory.peak_bytes(memory.step_memory(loss, tx, p, b)),
                 "tokens_per_run": tokens, "recipe": HYPERPARAMETERS[name]}
 
     tokens = steps * batch_size * seq
