@@ -181,7 +181,8 @@ def test_every_recipe_builds_and_gives_finite_updates():
               "blocks": [{"ln1": jnp.ones(4), "qkv": jnp.ones((4, 12))}]}
     grads = jax.tree.map(lambda p: jnp.full_like(p, 100.0), params)
     names = [n for n in gpt_tasks.OPTIMIZERS
-             if not n.endswith("_energy") or n in registry.OPTIMIZERS]
+             if (not n.endswith("_energy") or n in registry.OPTIMIZERS)
+             and n != "stam_const_mean"] + ["stam_const_beta=0.8"]  # what the job runs
     txs = {n: gpt_tasks.llm_optimizer(n, 1e-2, steps=20, warmup=2) for n in names}
 
     @jax.jit
@@ -192,6 +193,27 @@ def test_every_recipe_builds_and_gives_finite_updates():
         assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u)), name
     with pytest.raises(ValueError, match="no gpt recipe and is not in the registry"):
         gpt_tasks.llm_optimizer("no_such_optimizer", 1e-2, 20, 2)
+
+
+def test_constant_mean_beta1_control_is_adamw_at_that_beta1():
+    """stam_const_mean's recipe (`stam_const_beta=<b>`) is STAM with α = 0: AdamW with
+    b1 = b and the suite's b2, eps, weight decay, schedule and clipping."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.ones(4)}
+    tx = gpt_tasks.llm_optimizer("stam_const_beta=0.8", 1e-2, steps=20, warmup=2)
+    mult = gpt_tasks.warmup_cosine(20, 2)
+    ref = optax.chain(optax.clip_by_global_norm(gpt_tasks.CLIP_NORM),
+                      optax.adamw(lambda t: 1e-2 * mult(t), b1=0.8, b2=gpt_tasks.B2,
+                                  eps=gpt_tasks.EPS, weight_decay=gpt_tasks.WEIGHT_DECAY))
+    s, r = tx.init(params), ref.init(params)
+    p, q = params, params
+    for k in range(6):
+        g = jax.tree.map(lambda x, k=k: jnp.sin(3.0 * x + k), p)
+        u, s = tx.update(g, s, p)
+        v, r = ref.update(g, r, q)
+        p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert "β₁ = 0.8" in gpt_tasks.recipe("stam_const_beta=0.8")
 
 
 def test_clipping_comes_first_in_every_recipe():
@@ -214,7 +236,7 @@ def test_suite_plans_per_size_and_filters_the_signal_variants():
     assert {j.task for j in full} == {v.name for v in gpt_tasks.VARIANTS}
     names = {j.optimizer for j in full}
     assert {"adamw", "stam_full", "stam_lite", "adams", "stam_lite_int8", "adafactor", "lion",
-            "muon", "schedule_free_adamw"} <= names
+            "muon", "schedule_free_adamw", "stam_const_mean"} <= names
     for n in ("stam_full_energy", "stam_lite_energy"):
         assert (n in names) == (n in registry.OPTIMIZERS)
     assert SUITES["gpt"].tasks == tuple(v.name for v in gpt_tasks.VARIANTS)

@@ -64,7 +64,10 @@ SIGNAL = {"stam_full_energy": "energy", "stam_lite_energy": "energy"}
 CONST_BETA_PREFIX = "stam_const_beta="
 
 
-def _const_beta(name: str) -> Factory | None:
+def const_beta(name: str) -> float | None:
+    """The β₁ of a `"stam_const_beta=<b>"` name; None for any other name.
+
+    Raises ValueError when the number after '=' is not in (0, 1)."""
     if not name.startswith(CONST_BETA_PREFIX):
         return None
     try:
@@ -73,6 +76,13 @@ def _const_beta(name: str) -> Factory | None:
         b = float("nan")
     if not 0.0 < b < 1.0:
         raise ValueError(f"{name!r}: the constant beta1 after '=' must be a number in (0, 1)")
+    return b
+
+
+def _const_beta(name: str) -> Factory | None:
+    b = const_beta(name)
+    if b is None:
+        return None
     return lambda lr, wd=WD: so.stam(lr, weight_decay=wd, b1_base=b, adapt_strength=0.0)
 
 

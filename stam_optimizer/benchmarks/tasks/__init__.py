@@ -103,9 +103,10 @@ SUITES: dict[str, Suite] = {
                      "cifar10_mlp", "cifar10_cnn")),
     "gpt": Suite("small GPTs with warmup + cosine: LR sensitivity, loss spikes, memory",
                  tuple(v.name for v in gpt.VARIANTS),
-                 # the signal variants join where the registry has them
+                 # the signal variants join where the registry has them; the
+                 # constant-mean-β₁ control runs after stam_full (scheduler.DEPENDENT)
                  optimizers=tuple(n for n in gpt.OPTIMIZERS if n in registry.OPTIMIZERS
-                                  or n == "schedule_free_adamw"),
+                                  or n in ("schedule_free_adamw", "stam_const_mean")),
                  quick_tasks=tuple(v.name for v in gpt.QUICK_VARIANTS),
                  quick_optimizers=gpt.QUICK_OPTIMIZERS),
     "memory": Suite("optimizer-state bytes per parameter and compiled step memory",

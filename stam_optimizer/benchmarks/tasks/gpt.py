@@ -61,6 +61,9 @@ HYPERPARAMETERS = {
     "adamw": "b1 0.9, b2 0.95, eps 1e-8 (the LLM baseline)",
     "stam_full": "b1_base 0.9, b2 0.95 (AdamW's), eps 1e-8; adaptive β₁ at its defaults",
     "stam_full_energy": "as stam_full, with the energy β₁ signal",
+    "stam_const_mean": "as stam_full with α = 0 and β₁ fixed at the mean β₁ that stam_full "
+                       "used on the task (AdamW with that β₁): does adapting β₁ matter, or "
+                       "only its level?",
     "stam_lite": "b1_base 0.9, eps 1e-8; it has no b2 (per-tensor moments, decay 0.99 "
                  "default); adaptive β₁ at its defaults",
     "stam_lite_energy": "as stam_lite, with the energy β₁ signal",
@@ -116,6 +119,9 @@ def llm_optimizer(name: str, lr: Any, steps: int, warmup: int) -> optax.Gradient
     elif name in ("stam_full", "stam_full_energy"):
         kw = {"signal": "energy"} if name.endswith("_energy") else {}
         tx = so.stam(sched, b1_base=B1, b2=B2, eps=EPS, weight_decay=wd, **kw)
+    elif registry.const_beta(name) is not None:  # stam_const_mean's "stam_const_beta=<b>"
+        tx = so.stam(sched, b1_base=registry.const_beta(name), b2=B2, eps=EPS,
+                     weight_decay=wd, adapt_strength=0.0)
     elif name in ("stam_lite", "stam_lite_energy", "stam_lite_int8"):
         kw = {"signal": "energy"} if name.endswith("_energy") else {}
         if name == "stam_lite_int8":
@@ -141,6 +147,15 @@ def llm_optimizer(name: str, lr: Any, steps: int, warmup: int) -> optax.Gradient
         raise ValueError(f"optimizer {name!r} has no gpt recipe and is not in the registry; "
                          f"choose from {', '.join(OPTIMIZERS)}")
     return optax.chain(optax.clip_by_global_norm(CLIP_NORM), tx)
+
+
+def recipe(name: str) -> str:
+    """How `llm_optimizer` sets up `name`, in words (the report's hyperparameter list)."""
+    b = registry.const_beta(name)
+    if b is not None:
+        return f"{HYPERPARAMETERS['stam_const_mean']} (β₁ = {b:g})"
+    return HYPERPARAMETERS.get(name, "its factory's own defaults at the suite's schedule and "
+                                     f"weight decay {WEIGHT_DECAY:g}")
 
 
 def eval_params(name: str, params: Any, state: Any) -> Any:
@@ -206,7 +221,7 @@ def make(cfg: Config, v: Variant) -> Task:
         b = jax.ShapeDtypeStruct((batch_size, seq + 1), jnp.int32)
         return {"params": memory.param_count(p), "state_bytes": memory.state_bytes(tx, p),
                 "train_step_peak_bytes": memory.peak_bytes(memory.step_memory(loss, tx, p, b)),
-                "tokens_per_run": tokens, "recipe": HYPERPARAMETERS[name]}
+                "tokens_per_run": tokens, "recipe": recipe(name)}
 
     tokens = steps * batch_size * seq
     heads = max(1, v.d // HEAD_DIM)
