@@ -5,20 +5,16 @@ the 0.1.0 output file, with a short table on stdout."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 
 from stam_optimizer.benchmarks import records, runner, sizes, stats
+from stam_optimizer.benchmarks.cli import log
 from stam_optimizer.benchmarks.task import Task
 
 # the optimizers the 0.1.0 runners compared, plus AdamW as the reference
 OPTIMIZERS_010 = "stam_full,stam_lite,sgd_momentum,rmsprop,adagrad,nadam,lamb,adamw"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def run_tasks(tasks: Sequence[Task], optimizers: Sequence[str], seeds: int,
