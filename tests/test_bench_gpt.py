@@ -144,6 +144,16 @@ def test_lr_sensitivity_is_taken_over_the_shared_learning_rates():
     np.testing.assert_allclose(gpt_report.seed_sensitivities(a, [0.1, 1.0]), [0.5])
 
 
+def test_tuning_check_against_the_final_seeds_hindsight_lr():
+    run = {"final": {"lr": 0.1, "metric": [3.0, 3.2]},
+           "lr_sensitivity": {"lrs": [0.01, 0.1, 1.0],
+                              "final_seed_metric": [[2.9, 2.95], [3.0, 3.2], [None, 1.0]]}}
+    # lr 1.0 has the lowest single value but a diverged seed: it is never the hindsight pick
+    assert gpt_report.tuning_check(run) == pytest.approx((0.1, 3.1, 0.01, 2.925))
+    run["final"] = {"lr": 0.01, "metric": [2.9, 2.95]}
+    assert gpt_report.tuning_check(run) == pytest.approx((0.01, 2.925, 0.01, 2.925))
+
+
 def test_spike_rule_on_hand_worked_curves():
     assert gpt_report.count_spikes([4.0, 3.0, 2.5, 2.4, 2.3]) == 0
     # 2.9 > 1.1 * 2.4: one spike, and two raised points in a row are still one

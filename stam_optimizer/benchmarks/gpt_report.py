@@ -98,6 +98,22 @@ def spike_counts(run: dict) -> tuple[int, int, int]:
     return sum(n), sum(k > 0 for k in n), sum(diverged(c) for c in curves)
 
 
+def tuning_check(run: dict) -> tuple[float, float, float, float]:
+    """`(tuned lr, its mean final loss, hindsight lr, its mean final loss)` of a run
+    file: the lr picked on the tuning seeds against the lr of the sweep whose mean
+    over the *final* seeds is lowest. The hindsight choice looks at the seeds it is
+    scored on, so its loss is optimistic; a large gap says that the tuning seeds
+    picked a learning rate the final seeds do not like."""
+    sens = run["lr_sensitivity"]
+    m = floats(np.ravel(np.asarray(sens["final_seed_metric"], dtype=object))).reshape(
+        len(sens["lrs"]), -1)
+    means = np.array([np.mean(row) if np.isfinite(row).all() else np.inf for row in m])
+    i = int(np.argmin(means))
+    tuned = float(run["final"]["lr"])
+    return tuned, float(np.mean(floats(run["final"]["metric"]))), float(sens["lrs"][i]), \
+        float(means[i])
+
+
 def common_lrs(runs: dict[str, dict]) -> list[float]:
     """The learning rates every run of a task has (the grid without extensions)."""
     sets = [set(r["lr_sensitivity"]["lrs"]) for r in runs.values()]
@@ -322,6 +338,28 @@ def _task_table(t: str, runs: dict, best: dict, sens: dict, baseline: str,
     return table(header, rows)
 
 
+def _tuning_lines(tasks: Tasks, order: list[str], opts: list[str]) -> list[str]:
+    """The tuning check: per optimizer and task, the tuned lr against the hindsight
+    lr and what the mean final loss would have been there."""
+    def cell(t: str, o: str) -> str:
+        if o not in tasks[t]:
+            return "—"
+        tuned, loss, best_lr, best = tuning_check(tasks[t][o])
+        if best_lr == tuned:
+            return number(loss, 4)
+        return (f"{number(loss, 4)} → {number(best, 4)} "
+                f"(lr {number(tuned, 3)} → {number(best_lr, 3)})")
+
+    return ["**Tuning check.** The learning rate is picked on one tuning seed; here, "
+            "per optimizer, the mean final loss at that lr, and where another lr of the "
+            "sweep has a lower mean over the final seeds, that loss and lr after the arrow "
+            "(chosen in hindsight on the seeds it is scored on, so optimistic). A gap "
+            "means the tuning seed was unlucky for that optimizer, and the verdicts "
+            "above inherit it.", "",
+            *table(["optimizer", *(f"`{t}`" for t in order)],
+                   [[f"`{o}`", *(cell(t, o) for t in order)] for o in opts])]
+
+
 def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
     """The markdown lines of the gpt section (and its figures under `out_dir`)."""
     lines = ["## GPT suite: learning-rate sensitivity, loss spikes, memory", ""]
@@ -352,6 +390,7 @@ def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
         lines += ["Final validation loss against peak learning rate (mean over final seeds; "
                   "crosses on the dotted ℓ₀ line: diverged or worse than at initialisation):",
                   "", f"![gpt loss vs lr]({path.name})", ""]
+    lines += _tuning_lines(tasks, order, opts)
     wide: list[str] = []
     widest = max(_variant(r)[0] for rs in tasks.values() for r in rs.values())
     for t in order:
