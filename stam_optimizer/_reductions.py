@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stam_optimizer import quantize as qz
-from stam_optimizer._common import sanitize, stack
+from stam_optimizer._common import sanitize, stack, store
 
 # XLA:CPU (jax 0.10) sends a sum over ≥ 4096 elements to one fused kernel, but
 # splits a smaller one into 3–4 kernels (its producer is written out, then
@@ -234,3 +234,29 @@ def read_back(stored: jax.Array, dtype: jnp.dtype) -> jax.Array:
     is also what the next step starts from.
     """
     return jax.lax.optimization_barrier(stored).astype(dtype)
+
+
+def plain_momentum_and_previous(m_prev: jax.Array, g: jax.Array, b1: jax.Array,
+                                dtype: jnp.dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The plain statement `momentum_and_previous` keeps: `(m, m_new, m_prev)` with
+    `m = store(b1·m_prev + (1−b1)·g)` in `m_prev`'s dtype, `m_new` that buffer read
+    back in `dtype`, and `m_prev` in `dtype`."""
+    m = store(b1 * m_prev.astype(dtype) + (1 - b1) * g, m_prev.dtype)
+    return m, m.astype(dtype), m_prev.astype(dtype)
+
+
+def momentum_and_previous(m_prev: jax.Array, g: jax.Array, b1: jax.Array,
+                          dtype: jnp.dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`plain_momentum_and_previous`, for an update that needs both the new and the
+    previous momentum of a buffer that the new one overwrites in place.
+
+    Read plainly, `m_prev` after the store makes XLA copy the whole buffer first
+    (measured 3.4x slower for AdamS). Here the update reads the new buffer behind
+    a barrier and recovers `m_prev = (m_new − (1−b1)·g) / b1`; the difference to
+    the plain statement is a few ulps of `m_prev` (tested), plus the rounding of
+    the stored buffer for a low-precision one. `g` must be finite and `b1 > 0`.
+    """
+    m = store(b1 * m_prev.astype(dtype) + (1 - b1) * g, m_prev.dtype)
+    m_read, g = jax.lax.optimization_barrier((m, g))
+    m_new = m_read.astype(dtype)
+    return m, m_new, (m_new - (1 - b1) * g) / b1

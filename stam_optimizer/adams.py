@@ -79,15 +79,8 @@ def scale_by_adams(
     def leaf_update(g, m_prev):
         dt = jnp.promote_types(g.dtype, jnp.float32)
         g = c.sanitize(g, dt)
-        m = c.store(b1 * m_prev.astype(dt) + (1 - b1) * g, m_prev.dtype)
-        # v needs the momentum before this step, but m overwrites that buffer in
-        # place, so reading it here would make XLA copy the whole buffer first
-        # (measured 3.4x slower). The direction therefore reads the new m and
-        # recovers m_prev = (m − (1−b1)·g) / b1; the relative error this adds to
-        # v is a few float32 ulps, since v ≥ (1−b2)·g².
-        m_new, g = jax.lax.optimization_barrier((m, g))
-        m_new = m_new.astype(dt)
-        m_prev = (m_new - (1 - b1) * g) / b1
+        # m = β₁·m_prev + (1−β₁)·g, and v needs m_prev too (see momentum_and_previous)
+        m, m_new, m_prev = red.momentum_and_previous(m_prev, g, b1, dt)
         v = b2 * m_prev**2 + (1 - b2) * g**2
         u = m_new / (jnp.sqrt(v) + eps)
         return u, m

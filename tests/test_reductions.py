@@ -78,3 +78,25 @@ def test_nonfinite_sums_flags_exactly_the_bad_tensors():
     gs, _ = _leaves(0, {2: np.nan, 7: -np.inf})
     np.testing.assert_array_equal(red.nonfinite_sums(gs),
                                   [i in (2, 7) for i in range(len(SHAPES))])
+
+
+@pytest.mark.parametrize("store_dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("b1", [0.1, 0.9, 0.999])
+def test_momentum_and_previous_keep_the_plain_contract(store_dtype, b1):
+    rng = np.random.default_rng(3)
+    m_prev = jnp.asarray(rng.standard_normal((64, 33)) * 3, store_dtype)
+    g = jnp.asarray(rng.standard_normal((64, 33)), jnp.float32)
+    b = jnp.float32(b1)
+    fast = jax.jit(red.momentum_and_previous, static_argnums=3)(m_prev, g, b, jnp.float32)
+    plain = jax.jit(red.plain_momentum_and_previous, static_argnums=3)(m_prev, g, b,
+                                                                       jnp.float32)
+    # the stored and read-back momentum are the same computation
+    np.testing.assert_array_equal(np.asarray(fast[0]), np.asarray(plain[0]))
+    np.testing.assert_array_equal(np.asarray(fast[1]), np.asarray(plain[1]))
+    # the recovered m_prev: one rounding of the stored buffer (half its eps,
+    # relative) and a few float32 roundings of the recovery, divided by b1
+    m_new, gg = np.asarray(plain[1], np.float64), np.asarray(g, np.float64)
+    bound = (0.5 * float(jnp.finfo(store_dtype).eps) * np.abs(m_new)
+             + 4 * float(jnp.finfo(jnp.float32).eps) * (np.abs(m_new) + np.abs(gg))) / b1
+    err = np.abs(np.asarray(fast[2], np.float64) - np.asarray(plain[2], np.float64))
+    assert (err <= bound + 1e-30).all(), float((err - bound).max())
