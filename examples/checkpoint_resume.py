@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from jax.sharding import PartitionSpec as P
 
     from stam_optimizer import checkpoint
-    from stam_optimizer.benchmarks import registry
+    from stam_optimizer.benchmarks.programme import registry
 
     n = jax.device_count()
     mesh = jax.make_mesh((n,), ("fsdp",), axis_types=(AxisType.Auto,))

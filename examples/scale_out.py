@@ -74,8 +74,8 @@ def worker(args: argparse.Namespace) -> int:
     from jax.sharding import AxisType, NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from stam_optimizer.benchmarks import registry
-    from stam_optimizer.benchmarks.speed import transformer_task
+    from stam_optimizer.benchmarks.measure.speed import transformer_task
+    from stam_optimizer.benchmarks.programme import registry
 
     n = jax.device_count()
     if n != args.devices:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_bench_data import make_cifar_batches, make_mnist_arrays, write_cifar_folder, write_mnist
 
-from stam_optimizer.benchmarks import cifar10_cnn, mnist_sanity, phase1_runner
+from stam_optimizer.benchmarks.legacy import cifar10_cnn, mnist_sanity, phase1_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 

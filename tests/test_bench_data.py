@@ -1,4 +1,4 @@
-"""Tests of the offline benchmark data loaders (stam_optimizer.benchmarks.data)."""
+"""Tests of the offline benchmark data loaders (stam_optimizer.benchmarks.tasks.data)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stam_optimizer.benchmarks import data
+from stam_optimizer.benchmarks.tasks import data
 
 MNIST_NAMES = (
     "train-images-idx3-ubyte",

@@ -12,18 +12,12 @@ import numpy as np
 import optax
 import pytest
 
-from stam_optimizer.benchmarks import (
-    gpt_report,
-    models,
-    records,
-    registry,
-    report,
-    runner,
-    scheduler,
-)
-from stam_optimizer.benchmarks.task import Config
-from stam_optimizer.benchmarks.tasks import SUITES
+from stam_optimizer.benchmarks.programme import records, registry, runner, scheduler
+from stam_optimizer.benchmarks.programme.suites import SUITES
+from stam_optimizer.benchmarks.programme.task import Config
+from stam_optimizer.benchmarks.report import gpt_report, report
 from stam_optimizer.benchmarks.tasks import gpt as gpt_tasks
+from stam_optimizer.benchmarks.tasks import models
 
 V, D, L, H, T = 11, 16, 2, 2, 6
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from stam_optimizer.benchmarks import hlo_traffic
+from stam_optimizer.benchmarks.measure import hlo_traffic
 
 HAND_WRITTEN = """HloModule m
 

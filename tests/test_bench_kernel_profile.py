@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from stam_optimizer.benchmarks import cli, hlo_traffic, kernel_profile, speed
+from stam_optimizer.benchmarks import cli
+from stam_optimizer.benchmarks.measure import hlo_traffic, kernel_profile, speed
 
 
 def test_adamw_profile_times_every_kernel_that_touches_a_tensor():

@@ -19,7 +19,9 @@ import optax
 import pytest
 
 import stam_optimizer as so
-from stam_optimizer.benchmarks import cli, memory, registry
+from stam_optimizer.benchmarks import cli
+from stam_optimizer.benchmarks.measure import memory
+from stam_optimizer.benchmarks.programme import registry
 from stam_optimizer.stam_lite import ScaleByStamLiteState
 
 ROOT = Path(__file__).resolve().parents[1]

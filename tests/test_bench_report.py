@@ -14,7 +14,8 @@ import pytest
 from matplotlib.figure import Figure
 from scipy import stats as sps
 
-from stam_optimizer.benchmarks import claims, plots, records, report, stats
+from stam_optimizer.benchmarks.programme import records
+from stam_optimizer.benchmarks.report import claims, plots, report, stats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEEDS = [0, 1, 2, 3, 4]

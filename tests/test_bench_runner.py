@@ -16,9 +16,11 @@ import numpy as np
 import optax
 import pytest
 
-from stam_optimizer.benchmarks import cli, models, records, registry, runner, scheduler
-from stam_optimizer.benchmarks.task import Config, Task
-from stam_optimizer.benchmarks.tasks import SUITES, TASKS, quadratic
+from stam_optimizer.benchmarks import cli
+from stam_optimizer.benchmarks.programme import records, registry, runner, scheduler
+from stam_optimizer.benchmarks.programme.suites import SUITES, TASKS
+from stam_optimizer.benchmarks.programme.task import Config, Task
+from stam_optimizer.benchmarks.tasks import models, quadratic
 
 TINY = Config(size="tiny")
 

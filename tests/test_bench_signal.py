@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from stam_optimizer.benchmarks import report, scheduler, signal_report
-from stam_optimizer.benchmarks import signal_streams as ss
-from stam_optimizer.benchmarks.sizes import SIZES
-from stam_optimizer.benchmarks.tasks import SUITES
+from stam_optimizer.benchmarks.measure import signal_streams as ss
+from stam_optimizer.benchmarks.programme import scheduler
+from stam_optimizer.benchmarks.programme.sizes import SIZES
+from stam_optimizer.benchmarks.programme.suites import SUITES
+from stam_optimizer.benchmarks.report import report, signal_report
 
 
 def test_streams_are_seeded_and_change_at_half():
@@ -74,7 +75,7 @@ def test_report_says_not_run_without_signal_json(tmp_path):
 
 
 def test_registry_builds_a_constant_beta1_stam():
-    from stam_optimizer.benchmarks import registry
+    from stam_optimizer.benchmarks.programme import registry
     tx = registry.get("stam_const_beta=0.83", 1e-3)
     params = {"w": np.ones(3, np.float32)}
     state = tx.init(params)
@@ -86,8 +87,9 @@ def test_registry_builds_a_constant_beta1_stam():
 
 
 def test_ablation_runs_stam_const_mean_after_stam_full(tmp_path, monkeypatch):
-    from stam_optimizer.benchmarks import claims, runner
-    from stam_optimizer.benchmarks.tasks import Suite
+    from stam_optimizer.benchmarks.programme import runner
+    from stam_optimizer.benchmarks.programme.suites import Suite
+    from stam_optimizer.benchmarks.report import claims
 
     suites = dict(SUITES)
     suites["ablation"] = Suite("test", ("linear_regression",),

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from stam_optimizer.benchmarks.stats import (
+from stam_optimizer.benchmarks.report.stats import (
     PairedDiff,
     holm,
     holm_levels,

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from stam_optimizer.benchmarks import cli, registry, scheduler
+from stam_optimizer.benchmarks import cli
+from stam_optimizer.benchmarks.programme import registry, scheduler
 
 FACTORY = '''
 import optax

@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from stam_optimizer.benchmarks import cli, registry, speed
+from stam_optimizer.benchmarks import cli
+from stam_optimizer.benchmarks.measure import speed
+from stam_optimizer.benchmarks.programme import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 

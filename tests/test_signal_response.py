@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import stam_optimizer as so
-from stam_optimizer.benchmarks import signal_streams as ss
+from stam_optimizer.benchmarks.measure import signal_streams as ss
 
 N, T = 1024, 3000
 C = T // 2

@@ -5,13 +5,13 @@ modules with :mod:`ast` (nothing is imported), collects module, class and functi
 docstrings in source order, normalises whitespace, keeps ASCII only and stops once
 the text reaches the size cap. It writes
 
-* ``stam_optimizer/benchmarks/corpus/stdlib_docstrings.txt`` (the corpus) and
-* ``stam_optimizer/benchmarks/corpus/README.md`` (provenance and license note),
-* ``stam_optimizer/benchmarks/corpus/LICENSE-PYTHON.txt`` (CPython's own license
+* ``stam_optimizer/benchmarks/tasks/corpus/stdlib_docstrings.txt`` (the corpus) and
+* ``stam_optimizer/benchmarks/tasks/corpus/README.md`` (provenance and license note),
+* ``stam_optimizer/benchmarks/tasks/corpus/LICENSE-PYTHON.txt`` (CPython's own license
   file, copied from the standard library folder that was read),
 
 and prints the sha256 and size of the corpus. Paste the sha256 into
-``stam_optimizer/benchmarks/data.py`` (``CORPUS_SHA256``) after regenerating.
+``stam_optimizer/benchmarks/tasks/data.py`` (``CORPUS_SHA256``) after regenerating.
 The output depends on the Python version whose standard library is read; the
 version is recorded in the README.
 
@@ -88,7 +88,8 @@ DEFAULT_MAX_BYTES = 400_000
 CORPUS_NAME = "stdlib_docstrings.txt"
 README_NAME = "README.md"
 LICENSE_NAME = "LICENSE-PYTHON.txt"
-_DEFAULT_OUT = Path(__file__).resolve().parents[1] / "stam_optimizer" / "benchmarks" / "corpus"
+_DEFAULT_OUT = (Path(__file__).resolve().parents[1]
+                / "stam_optimizer" / "benchmarks" / "tasks" / "corpus")
 
 _DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -156,7 +157,7 @@ def _readme(version: str, used: list[str], size: int, digest: str) -> str:
 `{CORPUS_NAME}` is a frozen plain-text snapshot of docstrings (module, class and
 function docstrings, in source order) from the CPython {version} standard library.
 It is the data of the character-level language-modelling benchmark of `stam-bench`
-and is loaded by `stam_optimizer.benchmarks.data.load_text_corpus()`, which checks
+and is loaded by `stam_optimizer.benchmarks.tasks.data.load_text_corpus()`, which checks
 its sha256.
 
 - size: {size} bytes (ASCII)

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stam_optimizer.benchmarks import signal_streams as ss
-from stam_optimizer.benchmarks.records import write_json
+from stam_optimizer.benchmarks.measure import signal_streams as ss
+from stam_optimizer.benchmarks.programme.records import write_json
 
 B1, ALPHA, B1_MIN = 0.9, 0.2, 0.72
 

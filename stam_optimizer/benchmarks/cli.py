@@ -17,29 +17,18 @@ import os
 import sys
 from pathlib import Path
 
-from stam_optimizer.benchmarks import (
-    kernel_profile,
-    memory,
-    records,
-    registry,
-    scheduler,
-    sizes,
-    speed,
-)
-from stam_optimizer.benchmarks.argtypes import (
+from stam_optimizer.benchmarks.measure import kernel_profile, memory, speed
+from stam_optimizer.benchmarks.programme import records, registry, scheduler, sizes
+from stam_optimizer.benchmarks.programme.argtypes import (
     model_name,
     model_names,
     nonnegative,
     optimizer_names,
     positive,
 )
-from stam_optimizer.benchmarks.records import write_json
-from stam_optimizer.benchmarks.tasks import SUITES, TASKS
-
-
-def log(msg: str) -> None:
-    """Progress and errors of the commands, on stderr."""
-    print(msg, file=sys.stderr, flush=True)
+from stam_optimizer.benchmarks.programme.log import log
+from stam_optimizer.benchmarks.programme.records import write_json
+from stam_optimizer.benchmarks.programme.suites import SUITES, TASKS
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -74,7 +63,7 @@ def _programme(args: argparse.Namespace, suites: list[str], size: str) -> int:
          f"{counts['failed']} failed, {counts['missing_data']} tasks without data; "
          f"{counts['seconds']:.0f}s")
     if not args.no_report:
-        from stam_optimizer.benchmarks import report
+        from stam_optimizer.benchmarks.report import report
 
         print(f"report: {report.build_report(out)}")
     return 1 if counts["failed"] else 0
@@ -93,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from stam_optimizer.benchmarks import report
+    from stam_optimizer.benchmarks.report import report
 
     if not (Path(args.results) / "runs").is_dir():
         log(f"stam-bench report: no runs/ folder in {args.results}; run stam-bench first")

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stam_optimizer.benchmarks.task import Config, Task
+from stam_optimizer.benchmarks.programme.task import Config, Task
 
 
 def linear_regression(cfg: Config) -> Task:

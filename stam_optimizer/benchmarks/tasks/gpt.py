@@ -34,9 +34,11 @@ import numpy as np
 import optax
 
 import stam_optimizer as so
-from stam_optimizer.benchmarks import data, memory, registry
-from stam_optimizer.benchmarks.models import gpt, token_windows, xent, z_loss
-from stam_optimizer.benchmarks.task import Config, Task
+from stam_optimizer.benchmarks.measure import memory
+from stam_optimizer.benchmarks.programme import registry
+from stam_optimizer.benchmarks.programme.task import Config, Task
+from stam_optimizer.benchmarks.tasks import data
+from stam_optimizer.benchmarks.tasks.models import gpt, token_windows, xent, z_loss
 
 WARMUP_FRACTION = 0.1
 FINAL_LR_FRACTION = 0.1

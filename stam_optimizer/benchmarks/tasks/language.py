@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from stam_optimizer.benchmarks import data
-from stam_optimizer.benchmarks.models import lm_task
-from stam_optimizer.benchmarks.task import Config, Task
+from stam_optimizer.benchmarks.programme.task import Config, Task
+from stam_optimizer.benchmarks.tasks import data
+from stam_optimizer.benchmarks.tasks.models import lm_task
 
 
 def markov_stream(vocab: int, length: int, seed: int = 3) -> tuple[np.ndarray, float]:

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stam_optimizer.benchmarks.models import classification_task, mlp
-from stam_optimizer.benchmarks.task import Config, Task
+from stam_optimizer.benchmarks.programme.task import Config, Task
+from stam_optimizer.benchmarks.tasks.models import classification_task, mlp
 
 DIM, CLASSES = 20, 4
 

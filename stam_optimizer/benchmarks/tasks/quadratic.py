@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from stam_optimizer.benchmarks.task import Config, Task
+from stam_optimizer.benchmarks.programme.task import Config, Task
 
 DIM = 100
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from stam_optimizer.benchmarks import data
-from stam_optimizer.benchmarks.models import classification_task, cnn, mlp
-from stam_optimizer.benchmarks.task import Config, Task
+from stam_optimizer.benchmarks.programme.task import Config, Task
+from stam_optimizer.benchmarks.tasks import data
+from stam_optimizer.benchmarks.tasks.models import classification_task, cnn, mlp
 
 
 def _cap(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from stam_optimizer.benchmarks import memory, registry
+from stam_optimizer.benchmarks.measure import memory
+from stam_optimizer.benchmarks.programme import registry
 
 
 def positive(text: str) -> int:

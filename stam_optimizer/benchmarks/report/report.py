@@ -20,24 +20,24 @@ from typing import Any
 
 import numpy as np
 
-from stam_optimizer.benchmarks import gpt_report, plots, signal_report
-from stam_optimizer.benchmarks.claims import (
-    ablation_section,
-    claims_section,
-    int8_section,
-)
-from stam_optimizer.benchmarks.markdown import (
-    interval_text,
-    number,
-    table,
-)
-from stam_optimizer.benchmarks.records import (
+from stam_optimizer.benchmarks.programme.records import (
     load_optional,
     load_runs,
     load_sweeps,
     write_atomic,
 )
-from stam_optimizer.benchmarks.stats import (
+from stam_optimizer.benchmarks.report import gpt_report, plots, signal_report
+from stam_optimizer.benchmarks.report.claims import (
+    ablation_section,
+    claims_section,
+    int8_section,
+)
+from stam_optimizer.benchmarks.report.markdown import (
+    interval_text,
+    number,
+    table,
+)
+from stam_optimizer.benchmarks.report.stats import (
     ALPHA,
     POWER,
     VERDICTS,

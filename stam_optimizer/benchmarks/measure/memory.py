@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stam_optimizer.benchmarks import models, records, registry
+from stam_optimizer.benchmarks.programme import records, registry
+from stam_optimizer.benchmarks.tasks import models
 
 MB = 2**20
 BASELINE = "adamw"

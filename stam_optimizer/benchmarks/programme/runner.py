@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer.benchmarks import records, registry
-from stam_optimizer.benchmarks.task import Task
+from stam_optimizer.benchmarks.programme import records, registry
+from stam_optimizer.benchmarks.programme.task import Task
 from stam_optimizer.diagnostics import find_states, tree_beta1
 
 # LLVM optimisation level 1 instead of XLA:CPU's default 2: compiling is what the

@@ -24,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer.benchmarks import hlo_traffic, models, registry
-from stam_optimizer.benchmarks.records import environment, write_json
+from stam_optimizer.benchmarks.measure import hlo_traffic
+from stam_optimizer.benchmarks.programme import registry
+from stam_optimizer.benchmarks.programme.records import environment, write_json
+from stam_optimizer.benchmarks.tasks import models
 
 # Bytes moved per parameter by one update in float32, counted from the update
 # rules of docs/math.md: AdamW reads p, g, m, v and writes p, m, v; STAM needs a statistics

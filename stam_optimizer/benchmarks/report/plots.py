@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from stam_optimizer.benchmarks.records import write_atomic
-from stam_optimizer.benchmarks.stats import mean_ci
+from stam_optimizer.benchmarks.programme.records import write_atomic
+from stam_optimizer.benchmarks.report.stats import mean_ci
 
 STYLES = ("-", "--", "-.", ":")
 VERDICT_COLORS = {"win": "tab:green", "loss": "tab:red", "tie": "tab:blue",

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer.benchmarks.task import Task
+from stam_optimizer.benchmarks.programme.task import Task
 
 
 def _dense(key, n_in: int, n_out: int) -> dict:

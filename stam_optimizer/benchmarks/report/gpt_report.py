@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stam_optimizer.benchmarks import plots
-from stam_optimizer.benchmarks.markdown import (
+from stam_optimizer.benchmarks.report import plots
+from stam_optimizer.benchmarks.report.markdown import (
     interval_text,
     number,
     table,
 )
-from stam_optimizer.benchmarks.stats import (
+from stam_optimizer.benchmarks.report.stats import (
     PRIMARY_PREFIX,
     Judged,
     Tasks,

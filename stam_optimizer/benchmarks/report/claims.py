@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from stam_optimizer.benchmarks.markdown import interval_text, number, table
-from stam_optimizer.benchmarks.stats import (
+from stam_optimizer.benchmarks.report.markdown import interval_text, number, table
+from stam_optimizer.benchmarks.report.stats import (
     ALPHA,
     VERDICTS,
     Judged,

@@ -24,18 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer.benchmarks import (
-    memory,
-    records,
-    registry,
-    runner,
-    signal_streams,
-    sizes,
-    speed,
-)
-from stam_optimizer.benchmarks.data import DatasetMissing
-from stam_optimizer.benchmarks.task import Config, Task
-from stam_optimizer.benchmarks.tasks import QUICK_EXTRA, QUICK_OPTIMIZERS, SUITES, TASKS
+from stam_optimizer.benchmarks.measure import memory, signal_streams, speed
+from stam_optimizer.benchmarks.programme import records, registry, runner, sizes
+from stam_optimizer.benchmarks.programme.suites import QUICK_EXTRA, QUICK_OPTIMIZERS, SUITES, TASKS
+from stam_optimizer.benchmarks.programme.task import Config, Task
+from stam_optimizer.benchmarks.tasks.data import DatasetMissing
 
 # Jobs that read another job's result: optimizer -> the run it needs on the same
 # task. stam_const_mean runs STAM with α = 0 and β₁ = the mean β₁ that stam_full

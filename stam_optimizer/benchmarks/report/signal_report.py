@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from stam_optimizer.benchmarks import plots
-from stam_optimizer.benchmarks.markdown import (
+from stam_optimizer.benchmarks.report import plots
+from stam_optimizer.benchmarks.report.markdown import (
     table,
 )
 

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stam_optimizer.benchmarks import records, runner, sizes, stats
-from stam_optimizer.benchmarks.cli import log
-from stam_optimizer.benchmarks.task import Task
+from stam_optimizer.benchmarks.programme import records, runner, sizes
+from stam_optimizer.benchmarks.programme.log import log
+from stam_optimizer.benchmarks.programme.task import Task
+from stam_optimizer.benchmarks.report import stats
 
 # the optimizers the 0.1.0 runners compared, plus AdamW as the reference
 OPTIMIZERS_010 = "stam_full,stam_lite,sgd_momentum,rmsprop,adagrad,nadam,lamb,adamw"

@@ -113,7 +113,7 @@ def load(spec: str) -> str:
     naming what is wrong with `spec`.
 
     >>> import jax.numpy as jnp
-    >>> import stam_optimizer.benchmarks.registry as r
+    >>> import stam_optimizer.benchmarks.programme.registry as r
     >>> r.load("my_adamw=optax:adamw")
     'my_adamw'
     >>> r.get("my_adamw", 1e-3).init({"w": jnp.zeros(3)})[0].count

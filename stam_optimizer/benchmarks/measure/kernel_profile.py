@@ -28,7 +28,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from stam_optimizer.benchmarks import hlo_traffic, speed
+from stam_optimizer.benchmarks.measure import hlo_traffic, speed
 
 
 def kernel_times(run: Callable[[], None], names: set[str], rounds: int) -> dict[str, float]:

@@ -9,7 +9,7 @@ Every loader returns a :class:`Dataset` of train / validation / test arrays with
   from a folder the user provides and raise :class:`DatasetMissing` (with the file
   names and where to get them) when they are not there;
 * :func:`load_text_corpus` reads the frozen docstring snapshot shipped in
-  ``stam_optimizer/benchmarks/corpus/``.
+  ``stam_optimizer/benchmarks/tasks/corpus/``.
 
 Normalisation (``normalize=True``, the default) uses statistics of the training
 split only: tabular features are standardised per feature; images are scaled to
@@ -36,7 +36,7 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
-from stam_optimizer.benchmarks.records import write_atomic
+from stam_optimizer.benchmarks.programme.records import write_atomic
 
 __all__ = [
     "CORPUS_SHA256",
@@ -507,12 +507,12 @@ def load_cifar10(data_dir: str | os.PathLike[str], *, normalize: bool = True) ->
 
 def load_text_corpus() -> str:
     """The frozen docstring corpus (CPython stdlib, PSF License v2), sha256-checked."""
-    resource = resources.files("stam_optimizer.benchmarks").joinpath("corpus", CORPUS_FILE)
+    resource = resources.files("stam_optimizer.benchmarks.tasks").joinpath("corpus", CORPUS_FILE)
     try:
         data = resource.read_bytes()
     except FileNotFoundError as err:
         raise DatasetMissing(
-            f"text corpus {CORPUS_FILE} is missing from the stam_optimizer.benchmarks "
+            f"text corpus {CORPUS_FILE} is missing from the stam_optimizer.benchmarks.tasks "
             f"package (corpus/ folder); reinstall stam-optimizer or regenerate it with "
             f"tools/make_docstring_corpus.py"
         ) from err

@@ -142,7 +142,7 @@ START = 100  # the stationary stream is judged from this step on
 
 def adaptive_optimizers(size: str) -> list[str]:
     """Registry optimizers with an adaptive β₁ that the suite traces at `size`."""
-    from stam_optimizer.benchmarks import registry, runner
+    from stam_optimizer.benchmarks.programme import registry, runner
 
     names = [n for n in registry.OPTIMIZERS if n not in CONSTANT_BETA1 and runner.has_beta1(n)]
     return names if size == "full" else [n for n in names if n in QUICK_SET]
@@ -190,8 +190,8 @@ def run_suite(out_path: str, size: str, optimizers: list[str] | None = None,
 
     Writes `signal.json` (see docs/benchmark_format.md) atomically and returns it.
     """
-    from stam_optimizer.benchmarks import records, registry
-    from stam_optimizer.benchmarks.sizes import get as get_size
+    from stam_optimizer.benchmarks.programme import records, registry
+    from stam_optimizer.benchmarks.programme.sizes import get as get_size
 
     chosen = get_size(size)
     steps, sizes, window = chosen.signal_steps, chosen.signal_sizes, chosen.signal_window
