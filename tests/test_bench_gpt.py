@@ -170,13 +170,13 @@ def test_schedule_free_is_evaluated_at_its_averaged_parameters():
     for _ in range(3):
         u, state = tx.update({"w": jnp.full((2, 2), 0.5)}, state, p)
         p = optax.apply_updates(p, u)
-    sf = [s for s in jax.tree.leaves(state, is_leaf=gpt_tasks._is_schedule_free)
-          if gpt_tasks._is_schedule_free(s)][0]
-    want = optax.contrib.schedule_free_eval_params(sf, p)
-    got = gpt_tasks.eval_params("schedule_free_adamw", p, state)
+    is_sf = lambda x: isinstance(x, optax.contrib.ScheduleFreeState)  # noqa: E731
+    sf = [s for s in jax.tree.leaves(state, is_leaf=is_sf) if is_sf(s)]
+    want = optax.contrib.schedule_free_eval_params(sf[0], p)
+    got = registry.entry("schedule_free_adamw").eval_params(p, state)
     np.testing.assert_array_equal(got["w"], want["w"])
     assert not np.allclose(got["w"], p["w"])
-    assert gpt_tasks.eval_params("adamw", p, state) is p
+    assert registry.entry("adamw").eval_params is None
 
 
 def test_every_recipe_builds_and_gives_finite_updates():
@@ -184,9 +184,8 @@ def test_every_recipe_builds_and_gives_finite_updates():
               "head": jnp.ones((4, 5)),
               "blocks": [{"ln1": jnp.ones(4), "qkv": jnp.ones((4, 12))}]}
     grads = jax.tree.map(lambda p: jnp.full_like(p, 100.0), params)
-    names = [n for n in gpt_tasks.OPTIMIZERS
-             if (not n.endswith("_energy") or n in registry.OPTIMIZERS)
-             and n != "stam_const_mean"] + ["stam_const_beta=0.8"]  # what the job runs
+    names = [n for n in registry.names(gpt=True)
+             if n != "stam_const_mean"] + ["stam_const_beta=0.8"]  # what the job runs
     txs = {n: gpt_tasks.llm_optimizer(n, 1e-2, steps=20, warmup=2) for n in names}
 
     @jax.jit
@@ -195,8 +194,10 @@ def test_every_recipe_builds_and_gives_finite_updates():
 
     for name, u in updates(grads, params).items():
         assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u)), name
-    with pytest.raises(ValueError, match="no gpt recipe and is not in the registry"):
+    with pytest.raises(ValueError, match="unknown optimizer 'no_such_optimizer'"):
         gpt_tasks.llm_optimizer("no_such_optimizer", 1e-2, 20, 2)
+    with pytest.raises(ValueError, match="built from the stam_full run"):
+        gpt_tasks.llm_optimizer("stam_const_mean", 1e-2, 20, 2)
 
 
 def test_constant_mean_beta1_control_is_adamw_at_that_beta1():
@@ -235,14 +236,13 @@ def test_clipping_comes_first_in_every_recipe():
 def test_suite_plans_per_size_and_filters_the_signal_variants():
     quick = scheduler.plan(["gpt"], "quick")
     assert {j.task for j in quick} == {v.name for v in gpt_tasks.QUICK_VARIANTS}
-    assert {j.optimizer for j in quick} == set(gpt_tasks.QUICK_OPTIMIZERS)
+    assert {j.optimizer for j in quick} == {"adamw", "stam_full", "stam_lite"}
     full = scheduler.plan(["gpt"], "full")
     assert {j.task for j in full} == {v.name for v in gpt_tasks.VARIANTS}
     names = {j.optimizer for j in full}
     assert {"adamw", "stam_full", "stam_lite", "adams", "stam_lite_int8", "adafactor", "lion",
             "muon", "schedule_free_adamw", "stam_const_mean"} <= names
-    for n in ("stam_full_energy", "stam_lite_energy"):
-        assert (n in names) == (n in registry.OPTIMIZERS)
+    assert names == set(registry.names(gpt=True))
     assert SUITES["gpt"].tasks == tuple(v.name for v in gpt_tasks.VARIANTS)
     widest = max(gpt_tasks.WIDTHS)
     assert {(v.qk_norm, v.z_loss) for v in gpt_tasks.VARIANTS if v.d == widest} >= {

@@ -67,7 +67,7 @@ def _int8_mu_bytes(shape: tuple[int, ...]) -> int:
 def test_abstract_state_bytes_match_a_real_init():
     shapes = {"w": (40, 30), "b": (30,), "big": (70, 80)}
     params = {k: jnp.ones(s) for k, s in shapes.items()}
-    for name in registry.OPTIMIZERS:
+    for name in registry.names(full=True):
         real = sum(x.nbytes for x in jax.tree.leaves(registry.get(name).init(params)))
         assert memory.state_bytes(registry.get(name), _abstract(shapes)) == real, name
 
@@ -133,11 +133,15 @@ def test_int8_transformer_counts_small_float32_leaves_and_meets_target():
     assert got == expected
     assert 1 + 4 / 256 < got / n <= 1.10
     assert memory.state_bytes(registry.get("adamw"), params) / got >= 7.3
-    target = memory.int8_state()
+    target = next(r for r in memory.storage_state() if r["optimizer"] == "stam_lite_int8")
+    assert target["parent"] == "stam_lite" and target["storage"] == "int8"
     assert target["bytes_per_param"] == pytest.approx(got / n)
     assert target["times_smaller_than_adamw"] == pytest.approx(
         memory.state_bytes(registry.get("adamw"), params) / got)
-    assert memory.int8_line(target).startswith(f"stam_lite_int8 on transformer: {got / n:.4f}")
+    assert target["times_smaller_than_parent"] == pytest.approx(
+        memory.state_bytes(registry.get("stam_lite"), params) / got)
+    assert any(line.startswith(f"stam_lite_int8 on transformer: {got / n:.4f}")
+               for line in memory.storage_lines([target]))
 
 
 def test_state_rows_ratios():
@@ -279,7 +283,8 @@ def test_cli_run_writes_json_and_tables(tmp_path, capsys):
         assert {"model", "optimizer", "donated", "argument", "output", "alias", "temp",
                 "total"} <= set(r)
         assert r["model"] == "small_mlp"
-    assert data["int8_state"]["bytes_per_param"] < 1.03  # the documented ~1.02
+    int8_row = next(r for r in data["storage"] if r["optimizer"] == "stam_lite_int8")
+    assert int8_row["bytes_per_param"] < 1.03  # the documented ~1.02
     printed = capsys.readouterr().out
     int8 = next(r for r in rows if r["model"] == "transformer"
                 and r["optimizer"] == "stam_lite_int8")

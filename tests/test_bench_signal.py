@@ -1,12 +1,13 @@
 """The signal suite (stam-bench run signal) and its report section, at tiny size."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from stam_optimizer.benchmarks.measure import signal_streams as ss
-from stam_optimizer.benchmarks.programme import scheduler
+from stam_optimizer.benchmarks.programme import registry, scheduler
 from stam_optimizer.benchmarks.programme.sizes import SIZES
 from stam_optimizer.benchmarks.programme.suites import SUITES
 from stam_optimizer.benchmarks.report import report, signal_report
@@ -36,7 +37,9 @@ def test_signal_suite_is_in_quick_and_full():
     assert "signal" in SUITES and not SUITES["signal"].tasks
     assert set(ss.adaptive_optimizers("full")) >= {"stam_full", "stam_full_energy", "stam_lite",
                                                    "stam_lite_energy", "stam_lite_int8"}
-    assert not set(ss.adaptive_optimizers("full")) & set(ss.CONSTANT_BETA1)
+    assert not set(ss.adaptive_optimizers("full")) & {"stam_fixed", "stam_const_beta"}
+    assert set(ss.adaptive_optimizers("quick")) == {"stam_full", "stam_full_energy",
+                                                    "stam_lite", "stam_lite_energy"}
 
 
 def test_signal_suite_writes_data_and_the_report_derives_its_section(tmp_path):
@@ -92,13 +95,18 @@ def test_ablation_runs_stam_const_mean_after_stam_full(tmp_path, monkeypatch):
     from stam_optimizer.benchmarks.report import claims
 
     suites = dict(SUITES)
-    suites["ablation"] = Suite("test", ("linear_regression",),
-                               optimizers=("stam_const_mean", "stam_full_energy", "adamw"))
+    suites["ablation"] = Suite("test", ("linear_regression",), member="ablation",
+                               narrow_at_quick=False)
+    monkeypatch.setattr(registry, "ENTRIES", {
+        n: dataclasses.replace(e, ablation=n in ("stam_const_mean", "stam_full_energy",
+                                                 "adamw"))
+        for n, e in registry.ENTRIES.items()})
     monkeypatch.setattr(scheduler, "SUITES", suites)
     jobs = scheduler.plan(["ablation"], "tiny")
     # the source run is planned even though the suite does not name it, before its user
-    assert [j.optimizer for j in jobs] == ["stam_full", "stam_const_mean", "stam_full_energy",
-                                           "adamw"]
+    order = [j.optimizer for j in jobs]
+    assert sorted(order) == ["adamw", "stam_const_mean", "stam_full", "stam_full_energy"]
+    assert order.index("stam_full") == order.index("stam_const_mean") - 1
     counts = scheduler.run_programme(["ablation"], "tiny", tmp_path, log=lambda m: None)
     assert counts["failed"] == 0 and counts["done"] == 4
     runs = tmp_path / "runs" / "linear_regression"

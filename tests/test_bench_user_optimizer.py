@@ -22,7 +22,7 @@ def not_an_optimizer(learning_rate, weight_decay=0.0):
 
 @pytest.fixture
 def user_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "OPTIMIZERS", dict(registry.OPTIMIZERS))
+    monkeypatch.setattr(registry, "ENTRIES", dict(registry.ENTRIES))
     path = tmp_path / "mine.py"
     path.write_text(FACTORY)
     return path

@@ -32,7 +32,10 @@ from stam_optimizer.benchmarks.programme.suites import SUITES, TASKS
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    print("optimizers:", ", ".join(registry.OPTIMIZERS))
+    print("optimizers:", ", ".join(registry.names(full=True)))
+    others = [n for n, e in registry.ENTRIES.items() if not e.full]
+    if others:
+        print("  (gpt and ablation suites also:", ", ".join(others) + ")")
     print("tasks:", ", ".join(TASKS))
     print("suites:")
     for name, suite in SUITES.items():
@@ -107,7 +110,7 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=model_names, default=list(memory.MODELS),
                         help=f"comma-separated models for state bytes: "
                              f"{', '.join(memory.MODELS)}")
-    parser.add_argument("--optimizers", type=optimizer_names, default=list(registry.OPTIMIZERS),
+    parser.add_argument("--optimizers", type=optimizer_names, default=registry.names(full=True),
                         help="comma-separated registry names (default: all)")
     parser.add_argument("--compiled-optimizers", type=optimizer_names, default=None,
                         help="registry names whose compiled update and train step are "
@@ -207,7 +210,7 @@ def _add_programme_commands(sub: argparse._SubParsersAction) -> None:
                                    "(STAM, STAMLite, AdamW and what each suite's question "
                                    "needs), then the report.")
     p.set_defaults(func=cmd_quick)
-    n_opt = len(registry.OPTIMIZERS)
+    n_opt = len(registry.names(full=True))
     p = sub.add_parser("full", parents=[common],
                        help=f"every suite, all {n_opt} optimizers of the registry",
                        description=f"Every suite at full size with all {n_opt} optimizers of "
@@ -243,7 +246,7 @@ def _add_measurement_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-tasks", default="mlp,transformer",
                    help="comma-separated train-step tasks (mlp, transformer; empty: none)")
     p.add_argument("--train-optimizers", type=optimizer_names,
-                   default=list(registry.OPTIMIZERS),
+                   default=registry.names(full=True),
                    help="comma-separated registry names for the train steps (default: all)")
     p.add_argument("--output", default="results/speed.json", help="JSON file to write")
     p.set_defaults(func=cmd_speed)

@@ -42,10 +42,7 @@ from stam_optimizer.benchmarks.programme import records, registry
 from stam_optimizer.benchmarks.tasks import models
 
 MB = 2**20
-BASELINE = "adamw"
-# The int8 line of the summary: int8 STAMLite state on the transformer, small
-# float32 leaves and per-tensor scalars included.
-INT8_OPTIMIZER = "stam_lite_int8"
+BASELINE = registry.BASELINE
 DEFAULT_MODEL = "transformer"
 
 MEMORY_ANALYSIS_NOTES = (
@@ -124,15 +121,26 @@ def state_rows(models: list[str], optimizers: list[str]) -> list[dict]:
     return rows
 
 
-def int8_state(model: str = DEFAULT_MODEL) -> dict:
-    """int8 STAMLite's state bytes per parameter on `model`, everything counted,
-    and how many times smaller than AdamW's state it is."""
+def storage_state(model: str = DEFAULT_MODEL) -> list[dict]:
+    """Every registry entry that stores a float optimizer's state differently
+    (`registry.Entry.parent`): its state bytes per parameter on `model`, everything
+    counted (small float32 leaves and per-tensor scalars included), and how many
+    times smaller than its parent's and than AdamW's state it is."""
     params = get_model(model)
     n = param_count(params)
-    b = state_bytes(registry.get(INT8_OPTIMIZER), params)
     base = state_bytes(registry.get(BASELINE), params)
-    return {"model": model, "optimizer": INT8_OPTIMIZER, "params": n, "state_bytes": b,
-            "bytes_per_param": b / n, "times_smaller_than_adamw": base / b}
+    rows = []
+    for name, e in registry.ENTRIES.items():
+        if e.parent is None:
+            continue
+        b = state_bytes(registry.get(name), params)
+        parent = state_bytes(registry.get(e.parent), params)
+        rows.append({"model": model, "optimizer": name, "parent": e.parent,
+                     "storage": e.storage, "params": n, "state_bytes": b,
+                     "bytes_per_param": b / n, "parent_bytes_per_param": parent / n,
+                     "times_smaller_than_parent": parent / b,
+                     "times_smaller_than_adamw": base / b})
+    return rows
 
 
 def _train_step(loss: Callable, tx: optax.GradientTransformation) -> Callable:
@@ -316,11 +324,12 @@ def train_step_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def int8_line(t: dict) -> str:
-    """One line on int8 STAMLite's state (`int8_state`)."""
-    return (f"{t['optimizer']} on {t['model']}: {t['bytes_per_param']:.4f} bytes/param, "
+def storage_lines(rows: list[dict]) -> list[str]:
+    """One line per storage variant (`storage_state`)."""
+    return [f"{t['optimizer']} on {t['model']}: {t['bytes_per_param']:.4f} bytes/param "
+            f"({t['storage']}), {t['times_smaller_than_parent']:.2f}x below {t['parent']}, "
             f"{t['times_smaller_than_adamw']:.2f}x below AdamW, small float32 leaves and "
-            "scalar state included")
+            "scalar state included" for t in rows]
 
 
 def measure(models: list[str], optimizers: list[str], *,
@@ -346,7 +355,7 @@ def measure(models: list[str], optimizers: list[str], *,
     chosen += [BASELINE] if BASELINE not in chosen else []
     out = {"schema": records.SCHEMA, "kind": "memory", "environment": records.environment(),
            "method": __doc__.strip(), "memory_analysis_notes": MEMORY_ANALYSIS_NOTES,
-           "rows": state_rows(list(models), optimizers), "int8_state": int8_state(),
+           "rows": state_rows(list(models), optimizers), "storage": storage_state(),
            "compiled": [], "train_step": []}
     records.write_json(output, out)
     if compiled:
@@ -376,5 +385,5 @@ def summary(out: dict) -> str:
                   "activations, temporaries):\n", train_step_table(out["train_step"])]
     if out["compiled"] or out["train_step"]:
         parts.append(f"\nNote: {MEMORY_ANALYSIS_NOTES}")
-    parts += ["", int8_line(out["int8_state"])]
+    parts += ["", *storage_lines(out["storage"])]
     return "\n".join(parts)

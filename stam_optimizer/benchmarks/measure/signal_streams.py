@@ -132,8 +132,6 @@ def response(beta1: np.ndarray, change: int, window: int) -> dict[str, float]:
 
 # --- the signal suite ------------------------------------------------------------------
 
-QUICK_SET = ("stam_full", "stam_full_energy", "stam_lite", "stam_lite_energy")
-CONSTANT_BETA1 = ("stam_fixed", "stam_const_beta")  # registry entries with α = 0
 GRADUAL = ("rotation", "warmup", "decay")  # judged over the whole second half
 TOLERANCE = 0.01  # a move of β₁ smaller than this counts as "no change"
 SEED = 0
@@ -141,11 +139,12 @@ START = 100  # the stationary stream is judged from this step on
 
 
 def adaptive_optimizers(size: str) -> list[str]:
-    """Registry optimizers with an adaptive β₁ that the suite traces at `size`."""
-    from stam_optimizer.benchmarks.programme import registry, runner
+    """Registry optimizers with an adaptive β₁ (`registry.Entry.signal`) that the suite
+    traces at `size`: all of them at full size, those with float32 state below."""
+    from stam_optimizer.benchmarks.programme import registry
 
-    names = [n for n in registry.OPTIMIZERS if n not in CONSTANT_BETA1 and runner.has_beta1(n)]
-    return names if size == "full" else [n for n in names if n in QUICK_SET]
+    return [n for n, e in registry.ENTRIES.items() if e.signal is not None and e.full
+            and (size == "full" or e.storage == "float32")]
 
 
 def response_window(stream: str, steps: int, window: int) -> tuple[int, int]:
@@ -196,16 +195,17 @@ def run_suite(out_path: str, size: str, optimizers: list[str] | None = None,
     chosen = get_size(size)
     steps, sizes, window = chosen.signal_steps, chosen.signal_sizes, chosen.signal_window
     change = steps // 2
-    names = [n for n in (optimizers or adaptive_optimizers(size)) if n not in CONSTANT_BETA1]
+    names = [n for n in (optimizers or adaptive_optimizers(size))
+             if registry.entry(n).signal is not None]
     kept = _kept_steps(steps, change)
     runs = []
     for n in sizes:
-        tracers = {name: tracer(registry.get(name, 1e-3), registry.SIGNAL.get(name, "spec"))
+        tracers = {name: tracer(registry.get(name, 1e-3), registry.entry(name).signal)
                    for name in names}  # each compiles once for this n
         for stream in STREAMS:
             grads = jnp.asarray(make_stream(stream, n, steps, SEED))  # one stream in memory
             for name, run in tracers.items():
-                signal = registry.SIGNAL.get(name, "spec")
+                signal = registry.entry(name).signal
                 beta1, z, s = (np.asarray(x) for x in jax.device_get(run(grads)))
                 promise = STREAMS[stream][1]
                 start, w = response_window(stream, steps, window)

@@ -29,16 +29,11 @@ from stam_optimizer.benchmarks.programme import registry
 from stam_optimizer.benchmarks.programme.records import environment, write_json
 from stam_optimizer.benchmarks.tasks import models
 
-# Bytes moved per parameter by one update in float32, counted from the update
-# rules of docs/math.md: AdamW reads p, g, m, v and writes p, m, v; STAM needs a statistics
-# read of g and μ first; STAMLite a statistics read of g, then g, μ, p in and
-# μ, p out; AdamS reads p, g, m and writes p, m. The energy signal reads the
-# same for STAM (its two sums read g, μ and g) and adds a read of μ for STAMLite.
-BYTES_PER_PARAM = {
-    "adamw": 28, "stam_full": 36, "stam_full_energy": 36, "stam_lite": 24,
-    "stam_lite_energy": 28, "stam_lite_bf16": 20, "stam_lite_int8": 18, "adams": 20,
-}
-UPDATE_OPTIMIZERS = list(BYTES_PER_PARAM)
+
+def update_optimizers() -> list[str]:
+    """The optimizers of the update timing: the registry entries that count the bytes
+    one update moves (`registry.Entry.update_bytes`)."""
+    return [n for n, e in registry.ENTRIES.items() if e.update_bytes]
 
 
 TREES = ("small200", "square8", "large64", "single16")
@@ -158,9 +153,10 @@ def time_updates(tree_name: str, names: list[str], steps: int, warmup: int,
         if "adamw" in names:
             r["compile_ratio_to_adamw"] = compile_s[name] / compile_s["adamw"]
             r["hlo_traffic_ratio_to_adamw"] = hlo[name]["bytes"] / hlo["adamw"]["bytes"]
-        if name in BYTES_PER_PARAM:
-            r["bytes_per_param"] = BYTES_PER_PARAM[name]
-            r["achieved_GBps"] = BYTES_PER_PARAM[name] * n / r["median_s"] / 1e9
+        moved = registry.entry(name).update_bytes
+        if moved:
+            r["bytes_per_param"] = moved
+            r["achieved_GBps"] = moved * n / r["median_s"] / 1e9
     return {"tree": tree_name, "params": int(n), "leaves": len(jax.tree.leaves(tree)),
             "copy_GBps": bw / 1e9, "optimizers": result}
 
@@ -229,7 +225,7 @@ def measure(trees: list[str], train_tasks: list[str], train_optimizers: list[str
            "method": __doc__.strip()}
     for t in trees:
         log(f"update timing on {t} ({steps} interleaved rounds after {warmup} warm-up)")
-        out["update"].append(time_updates(t, UPDATE_OPTIMIZERS, steps, warmup, log))
+        out["update"].append(time_updates(t, update_optimizers(), steps, warmup, log))
         write_json(output, out)
     for task in train_tasks:
         log(f"train-step timing: {task}")

@@ -45,12 +45,6 @@ def leaf_names(params) -> list[str]:
             for path, _ in paths]
 
 
-def has_beta1(name: str) -> bool:
-    """True for optimizers whose state holds a STAM-family β₁."""
-    params = {"w": jnp.zeros((2, 2))}
-    return bool(find_states(registry.get(name, 1.0).init(params)))
-
-
 def build(task: Task, name: str, sweep_wd: bool = False):
     """`program(lrs, wds, seeds) -> dict of arrays`, one row per run, jitted.
 
@@ -59,10 +53,15 @@ def build(task: Task, name: str, sweep_wd: bool = False):
     and `beta1` (runs, evals+1, leaves) for STAM-family optimizers.
     """
     own = task.make_optimizer is not None
+    entry = registry.entry(name)
+    if not own and not entry.linear_in_lr:
+        raise ValueError(f"{task.name}: {name!r} is not linear in the learning rate, and "
+                         "this task builds every optimizer once at lr 1; only a task with "
+                         "its own make_optimizer (the gpt suite) can run it")
     tx_lr1 = None if own else registry.get(name, 1.0, 0.0 if sweep_wd else registry.WD)
     track_beta1 = bool(find_states(jax.eval_shape(
         lambda: task.make_optimizer(name, 1.0).init(task.init(jax.random.key(0)))))) \
-        if own else has_beta1(name)
+        if own else registry.has_beta1_state(name)
     n_chunks = task.steps // task.eval_every
 
     def one(lr, wd, seed):
@@ -90,7 +89,7 @@ def build(task: Task, name: str, sweep_wd: bool = False):
             return (params, state), value
 
         def observe(params, state, step):
-            at = task.eval_params(name, params, state) if task.eval_params else params
+            at = entry.eval_params(params, state) if entry.eval_params else params
             obs = {f"metrics/{k}": v for k, v in task.evaluate(at, step).items()}
             if track_beta1:
                 obs["beta1"] = jnp.stack(jax.tree.leaves(tree_beta1(state, params)))
@@ -227,9 +226,9 @@ def tune_and_run(task: Task, name: str, tune_seeds: list[int], final_seeds: list
 def sweep(task: Task, name: str, lrs: list[float], wds: list[float], seeds: list[int],
           size: str) -> dict:
     """lr x weight-decay grid for an optimizer with decoupled weight decay."""
-    if name not in registry.DECOUPLED_WD:
+    if not registry.entry(name).decoupled_wd:
         raise ValueError(f"sweep: {name!r} has no decoupled weight decay; choose from "
-                         f"{', '.join(registry.DECOUPLED_WD)}")
+                         f"{', '.join(registry.names(decoupled_wd=True))}")
     out, compile_s, run_s = execute(task, name, lrs, seeds, wds)
     metric = derived_metrics(task, out)[task.metric]  # (lr, wd, seed)
     return {"schema": records.SCHEMA, "kind": "sweep", "task": task.name, "optimizer": name,

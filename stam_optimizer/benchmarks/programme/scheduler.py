@@ -26,14 +26,16 @@ import optax
 
 from stam_optimizer.benchmarks.measure import memory, signal_streams, speed
 from stam_optimizer.benchmarks.programme import records, registry, runner, sizes
-from stam_optimizer.benchmarks.programme.suites import QUICK_EXTRA, QUICK_OPTIMIZERS, SUITES, TASKS
+from stam_optimizer.benchmarks.programme.suites import SUITES, TASKS
 from stam_optimizer.benchmarks.programme.task import Config, Task
 from stam_optimizer.benchmarks.tasks.data import DatasetMissing
 
-# Jobs that read another job's result: optimizer -> the run it needs on the same
-# task. stam_const_mean runs STAM with α = 0 and β₁ = the mean β₁ that stam_full
-# used on the task (`runner.mean_beta1`), after stam_full's job.
-DEPENDENT = {"stam_const_mean": "stam_full"}
+
+def source_of(name: str) -> str | None:
+    """The run on the same task that `name` is built from (`registry.Entry.depends_on`):
+    stam_const_mean runs STAM with α = 0 and β₁ = the mean β₁ that stam_full used on
+    the task (`runner.mean_beta1`), after stam_full's job."""
+    return registry.entry(name).depends_on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,19 +54,13 @@ def optimizers_for(suite: str, task: str, size: str, chosen: Sequence[str] | Non
     """The optimizers a suite runs on `task` at `size`; `chosen` (--optimizers)
     overrides, `extra` (--optimizer, user factories) joins every suite."""
     s = SUITES[suite]
-    if chosen:
-        names = list(chosen)
-    elif size != "full" and s.quick_optimizers is not None:
-        names = list(s.quick_optimizers)
-    elif s.optimizers is not None:
-        names = list(s.optimizers)
-    elif size == "full":
-        names = list(registry.OPTIMIZERS)
-    else:
-        names = list(QUICK_OPTIMIZERS) + list(QUICK_EXTRA.get(task, ()))
+    narrow = size != "full" and s.narrow_at_quick
+    names = list(chosen) if chosen else [
+        n for n, e in registry.ENTRIES.items()
+        if getattr(e, s.member) is True and (not narrow or e.on_task(task))]
     names += [n for n in extra if n not in names]
     if s.kind == "sweep":
-        names = [n for n in names if n in registry.DECOUPLED_WD]
+        names = [n for n in names if registry.entry(n).decoupled_wd]
     return names
 
 
@@ -77,9 +73,10 @@ def plan(suites: Sequence[str], size: str, chosen: Sequence[str] | None = None,
         kind = "sweep" if s.kind == "sweep" else "run"
         for task in s.quick_tasks if size != "full" and s.quick_tasks is not None else s.tasks:
             for name in optimizers_for(suite, task, size, chosen, extra):
-                needs = [DEPENDENT[name]] if name in DEPENDENT and kind == "run" else []
-                if name in DEPENDENT and kind != "run":
+                source = source_of(name)
+                if source is not None and kind != "run":
                     continue
+                needs = [source] if source is not None else []
                 for job in [Job(kind, task, n) for n in needs] + [Job(kind, task, name)]:
                     if job not in jobs:
                         jobs.append(job)
@@ -88,13 +85,14 @@ def plan(suites: Sequence[str], size: str, chosen: Sequence[str] | None = None,
 
 def constant_beta1(job: Job, out: Path) -> tuple[str, float]:
     """The registry name and β₁ of a dependent job (from its source run on disk)."""
-    source = records.load_json(Job("run", job.task, DEPENDENT[job.optimizer]).path(out))
+    entry = registry.entry(job.optimizer)
+    source = records.load_json(Job("run", job.task, entry.depends_on).path(out))
     mean = runner.mean_beta1(source)
     if not np.isfinite(mean):
         raise ValueError(f"{job.optimizer} on {job.task}: no beta1 record in the "
-                         f"{DEPENDENT[job.optimizer]} run it is built from")
+                         f"{entry.depends_on} run it is built from")
     value = float(f"{mean:.4f}")
-    return f"{registry.CONST_BETA_PREFIX}{value}", value
+    return entry.from_run(value).name, value
 
 
 def sized(task: Task, size: str) -> Task:
@@ -120,7 +118,7 @@ def is_done(job: Job, task: Task, out: Path, size: str) -> bool:
         return rec.get("lrs") == list(s.sweep_lrs) and rec.get("wds") == list(s.sweep_wds) \
             and rec.get("seeds") == list(s.sweep_seeds)
     tune, final = seeds_of(task, size)
-    if job.optimizer in DEPENDENT:
+    if source_of(job.optimizer) is not None:
         try:
             value = constant_beta1(job, out)[1]
         except ValueError:
@@ -136,11 +134,11 @@ def run_job(job: Job, task: Task, out: Path, size: str) -> dict:
         s = sizes.get(size)
         rec = runner.sweep(task, job.optimizer, list(s.sweep_lrs), list(s.sweep_wds),
                            list(s.sweep_seeds), size)
-    elif job.optimizer in DEPENDENT:
+    elif source_of(job.optimizer) is not None:
         name, value = constant_beta1(job, out)
         rec = runner.tune_and_run(task, name, *seeds_of(task, size), size)
         rec["optimizer"] = job.optimizer
-        rec["constant_beta1"] = {"value": value, "from": DEPENDENT[job.optimizer],
+        rec["constant_beta1"] = {"value": value, "from": source_of(job.optimizer),
                                  "registry_name": name}
     else:
         rec = runner.tune_and_run(task, job.optimizer, *seeds_of(task, size), size)
@@ -155,7 +153,7 @@ def smoke(out: Path) -> dict:
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
     n = sum(p.size for p in jax.tree.leaves(params))
     rows = []
-    for name in registry.OPTIMIZERS:
+    for name in registry.names(full=True):
         tx = registry.get(name, 1e-3)
         state = tx.init(params)
         updates, state = jax.jit(tx.update)(grads, state, params)
@@ -172,14 +170,14 @@ def smoke(out: Path) -> dict:
 
 def memory_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
     s = sizes.get(size)
-    memory.measure(list(s.memory_models), list(registry.OPTIMIZERS),
+    memory.measure(list(s.memory_models), registry.names(full=True),
                    compiled=s.memory_compiled, train_step=s.memory_compiled,
                    output=str(out / "memory.json"), log=log)
 
 
 def timing_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
     s = sizes.get(size)
-    speed.measure(list(s.timing_trees), list(s.timing_tasks), list(registry.OPTIMIZERS),
+    speed.measure(list(s.timing_trees), list(s.timing_tasks), registry.names(full=True),
                   s.timing_steps, 3, str(out / "speed.json"), log)
 
 
@@ -291,7 +289,7 @@ def _pending(suites: Sequence[str], size: str, out: Path, cfg: Config,
                 counts["missing_data"] += 1
         if tasks[job.task] is None:
             continue
-        if not force and job.optimizer not in DEPENDENT and is_done(job, tasks[job.task], out,
+        if not force and source_of(job.optimizer) is None and is_done(job, tasks[job.task], out,
                                                                      size):
             counts["skipped"] += 1
             continue
@@ -343,7 +341,7 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
         log(f"smoke: {len(rows)} optimizers, non-finite: {', '.join(bad) or 'none'}")
 
     tasks, jobs = _pending(suites, size, out, cfg, optimizers, extra, force, counts, log)
-    dependent = [j for j in jobs if j.optimizer in DEPENDENT]
+    dependent = [j for j in jobs if source_of(j.optimizer) is not None]
     if counts["skipped"]:
         log(f"resuming: {counts['skipped']} finished runs kept, {len(jobs)} to go")
 
@@ -372,7 +370,7 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
             finished(fut)
 
     try:
-        run_all([j for j in jobs if j.optimizer not in DEPENDENT])
+        run_all([j for j in jobs if source_of(j.optimizer) is None])
         # dependent jobs read the runs just written; a finished one is kept only
         # if it was built from the source run now on disk
         later = [j for j in dependent if force or not is_done(j, tasks[j.task], out, size)]

@@ -1,10 +1,10 @@
 """The task registry and the suites of the benchmark programme.
 
-A suite is a list of task names; the optimizers it runs default to the whole
-registry (`stam-bench full`) or `QUICK_OPTIMIZERS` plus `QUICK_EXTRA`
-(`stam-bench quick`), unless the suite names its own (the ablation). Special
-suites without tasks (smoke, memory, timing, signal) and the lr x weight-decay sweep are
-run by `stam_optimizer.benchmarks.programme.scheduler`.
+A suite is a list of task names; the optimizers it runs are the registry
+entries that say they belong to it (`Suite.member`: `full` for the general
+suites, `gpt`, `ablation`), narrowed at quick size to the entries that run there
+(`registry.Entry.quick`). Special suites without tasks (smoke, memory, timing,
+signal) and the lr x weight-decay sweep are run by `programme.scheduler`.
 
 Targets (for steps-to-target) and minimum effect sizes were fixed from a pilot
 quick run, before any full run.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from stam_optimizer.benchmarks.programme import registry
 from stam_optimizer.benchmarks.programme.task import Config, Task
 from stam_optimizer.benchmarks.tasks import (
     convex,
@@ -60,22 +59,14 @@ class Suite:
 
     description: str
     tasks: tuple[str, ...] = ()
-    optimizers: tuple[str, ...] | None = None  # None: the size's default set
+    # Its optimizers: the registry entries whose attribute `member` is True; at
+    # quick and tiny sizes, if `narrow_at_quick`, only those that run on the task
+    # at quick size (`registry.Entry.on_task`).
+    member: str = "full"
+    narrow_at_quick: bool = True
     quick_tasks: tuple[str, ...] | None = None  # quick and tiny sizes (None: `tasks`)
-    quick_optimizers: tuple[str, ...] | None = None  # quick and tiny sizes
     kind: str = "tasks"
 
-
-# stam_const_mean is STAM with a constant β₁ equal to the mean β₁ that stam_full
-# used on the same task: a job that runs after stam_full's (see scheduler.DEPENDENT).
-ABLATION = ("stam_full", "stam_full_energy", "stam_lite", "stam_lite_energy", "stam_fixed",
-            "stam_const_beta", "stam_const_mean", "adamw")
-# quick runs every suite with these ...
-QUICK_OPTIMIZERS = ("stam_full", "stam_lite", "adamw")
-# ... plus what a question of the issues needs: the long-horizon claim names NAdam,
-# and int8 parity is judged on MNIST-1D, the character LM and the long horizon
-QUICK_EXTRA = {"long_horizon_mlp": ("nadam", "stam_lite_int8"),
-               "mnist1d_mlp": ("stam_lite_int8",), "char_lm": ("stam_lite_int8",)}
 
 SUITES: dict[str, Suite] = {
     "smoke": Suite("one update per optimizer: finite, state bytes", kind="smoke"),
@@ -91,7 +82,7 @@ SUITES: dict[str, Suite] = {
     "ablation": Suite("does adaptivity matter? STAM, its energy-signal variant, fixed-beta1 "
                       "variants (0.9, 0.81, STAM's own mean beta1)",
                       ("nonstationary_mlp", "long_horizon_mlp", "noisy_quadratic_high"),
-                      optimizers=ABLATION),
+                      member="ablation", narrow_at_quick=False),
     "long_horizon": Suite("long-horizon non-stationary MLP (four shifts)",
                           ("long_horizon_mlp",)),
     "lm": Suite("causal transformer: Markov tokens and stdlib docstring characters",
@@ -103,12 +94,7 @@ SUITES: dict[str, Suite] = {
                      "cifar10_mlp", "cifar10_cnn")),
     "gpt": Suite("small GPTs with warmup + cosine: LR sensitivity, loss spikes, memory",
                  tuple(v.name for v in gpt.VARIANTS),
-                 # the signal variants join where the registry has them; the
-                 # constant-mean-β₁ control runs after stam_full (scheduler.DEPENDENT)
-                 optimizers=tuple(n for n in gpt.OPTIMIZERS if n in registry.OPTIMIZERS
-                                  or n in ("schedule_free_adamw", "stam_const_mean")),
-                 quick_tasks=tuple(v.name for v in gpt.QUICK_VARIANTS),
-                 quick_optimizers=gpt.QUICK_OPTIMIZERS),
+                 member="gpt", quick_tasks=tuple(v.name for v in gpt.QUICK_VARIANTS)),
     "memory": Suite("optimizer-state bytes per parameter and compiled step memory",
                     kind="memory"),
     "timing": Suite("update and train-step timing (stam-bench speed)", kind="timing"),

@@ -82,9 +82,8 @@ class Task:
     # A training recipe of the task's own (None: the registry optimizer built at
     # lr 1 and multiplied by a constant learning rate, see runner):
     # `make_optimizer(name, peak_lr)` with a traced peak lr, its updates applied
-    # as they are; `eval_params(name, params, state)` the parameters to evaluate.
+    # as they are. The parameters evaluated are the entry's `eval_params`.
     make_optimizer: Callable[[str, Any], Any] | None = None
-    eval_params: Callable[[str, Any, Any], Any] | None = None
     seeds: tuple[list[int], list[int]] | None = None  # (tuning, final); None: the size's
     fixed_grid: bool = False  # True: `lr_grid` is kept, not replaced by the size's grid
     record: Callable[[str], dict] | None = None  # optimizer -> extra JSON for its run file

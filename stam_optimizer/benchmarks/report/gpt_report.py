@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stam_optimizer.benchmarks.programme import registry
 from stam_optimizer.benchmarks.report import plots
 from stam_optimizer.benchmarks.report.markdown import (
     interval_text,
@@ -31,7 +32,6 @@ from stam_optimizer.benchmarks.report.markdown import (
     table,
 )
 from stam_optimizer.benchmarks.report.stats import (
-    PRIMARY_PREFIX,
     Judged,
     Tasks,
     floats,
@@ -133,7 +133,7 @@ def _families(tasks: Tasks, baseline: str):
     for t, runs in tasks.items():
         for o in runs:
             if o != baseline and baseline in runs:
-                fams.setdefault("STAM family" if o.startswith(PRIMARY_PREFIX) else "peers",
+                fams.setdefault("STAM family" if registry.in_stam_family(o) else "peers",
                                 []).append((t, o))
     return fams
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from stam_optimizer.benchmarks.programme import registry
 from stam_optimizer.benchmarks.programme.records import (
     load_optional,
     load_runs,
@@ -56,7 +57,6 @@ from stam_optimizer.benchmarks.report.stats import (
     win_threshold,
 )
 
-PRETTY = {"adamw": "AdamW", "stam_full": "STAM", "stam_lite": "STAMLite", "nadam": "NAdam"}
 PROFILE_TAU_MAX = 4.0
 PROFILE_MIN_TASKS = 3  # below this a performance profile is a step or two, not a curve
 
@@ -89,8 +89,21 @@ def _median_cost(run: dict) -> float | None:
 
 # --- markdown helpers ------------------------------------------------------------------
 
+def _label(name: str) -> str:
+    """The registry label of `name`; the name itself for one the registry lacks."""
+    found = registry.ENTRIES.get(name)
+    return found.label if found is not None else name
+
+
 def _pretty(name: str) -> str:
-    return f"{PRETTY[name]} (`{name}`)" if name in PRETTY else f"`{name}`"
+    label = _label(name)
+    return f"{label} (`{name}`)" if label != name else f"`{name}`"
+
+
+def _headline_names() -> list[str]:
+    """The STAM-family optimizers the headline names: float32, at every quick size."""
+    return [n for n, e in registry.ENTRIES.items()
+            if e.family == "stam" and e.storage == "float32" and e.quick is True]
 
 
 def _safe(name: str) -> str:
@@ -181,12 +194,12 @@ def _headline(ctx: _Context) -> list[str]:
     counts = verdict_counts(ctx.judged)
     if not counts:
         return lines + [f"Not run: no task has both `{ctx.baseline}` and another optimizer.", ""]
-    for name in ("stam_full", "stam_lite"):
+    for name in _headline_names():
         c = counts.get(name)
         if c is None:
             lines.append(f"{_pretty(name)} was not compared (no runs on a task with the baseline).")
             continue
-        lines.append(f"{PRETTY[name]} beat {PRETTY.get(ctx.baseline, ctx.baseline)} on "
+        lines.append(f"{_label(name)} beat {_label(ctx.baseline)} on "
                      f"{c['win']} of {sum(c.values())} tasks, tied on {c['tie']}, lost on "
                      f"{c['loss']} (inconclusive on {c['inconclusive']}).")
     order = sorted(counts, key=lambda o: (-counts[o]["win"], counts[o]["loss"], o))
@@ -281,7 +294,8 @@ def _start_value(curve: str | None, runs: dict[str, dict]) -> float | None:
 
 def _mde_line(ctx: _Context, task: str, min_effect: float) -> list[str]:
     rated = [(o, j) for (t, o), j in ctx.judged.items()
-             if t == task and o in PRETTY and o != ctx.baseline and math.isfinite(j.mde)]
+             if t == task and o in registry.ENTRIES and registry.ENTRIES[o].quick
+             and o != ctx.baseline and math.isfinite(j.mde)]
     if not rated:
         return []
     n = "/".join(sorted({str(j.diff.n) for _, j in rated}))

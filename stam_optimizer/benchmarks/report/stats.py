@@ -25,6 +25,8 @@ import numpy as np
 from scipy import stats as sps
 from scipy.optimize import brentq
 
+from stam_optimizer.benchmarks.programme import registry
+
 NAN = float("nan")
 
 
@@ -260,7 +262,6 @@ def performance_profile(costs: Mapping[str, Sequence[float | None]],
 
 ALPHA = 0.05
 POWER = 0.8
-PRIMARY_PREFIX = "stam"  # registry names of the STAM family
 VERDICTS = ("win", "tie", "loss", "inconclusive")
 
 Tasks = dict[str, dict[str, dict]]  # task -> optimizer -> run
@@ -347,7 +348,8 @@ def judge(tests: dict[Any, tuple[PairedDiff, float]], family: str = "") -> dict[
 
 def families(tasks: Tasks, baseline: str) -> dict[str, list[tuple[str, str]]]:
     """The Holm families of the comparisons with the baseline: the STAM family
-    (registry names starting with "stam") first, the other optimizers (peers)
+    (`registry.in_stam_family`: STAM, STAMLite, their storage variants and
+    ablations) first, the other optimizers (peers)
     second. Each holds (task, optimizer) for every task that has the baseline."""
     out: dict[str, list[tuple[str, str]]] = {}
     for t, runs in tasks.items():
@@ -356,7 +358,7 @@ def families(tasks: Tasks, baseline: str) -> dict[str, list[tuple[str, str]]]:
         for o in runs:
             if o == baseline:
                 continue
-            name = (f"primary: STAM family vs {baseline}" if o.startswith(PRIMARY_PREFIX)
+            name = (f"primary: STAM family vs {baseline}" if registry.in_stam_family(o)
                     else f"peers vs {baseline}")
             out.setdefault(name, []).append((t, o))
     return dict(sorted(out.items(), key=lambda kv: not kv[0].startswith("primary")))

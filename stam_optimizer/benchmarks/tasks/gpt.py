@@ -10,7 +10,7 @@ without qk-layernorm and z-loss. Every optimizer gets the same recipe:
 * decoupled weight decay `WEIGHT_DECAY`, multiplied by the scheduled learning
   rate (as in `optax.adamw`), on every parameter;
 * AdamW's language-model settings b1 0.9, b2 0.95, eps 1e-8; where an optimizer
-  has the same hyperparameter it gets the same value (`HYPERPARAMETERS` says
+  has the same hyperparameter it gets the same value (each registry entry's `notes` say
   what each one gets and why).
 
 Schedule-free AdamW replaces the decay by its iterate averaging: it gets the
@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import stam_optimizer as so
 from stam_optimizer.benchmarks.measure import memory
 from stam_optimizer.benchmarks.programme import registry
 from stam_optimizer.benchmarks.programme.task import Config, Task
@@ -59,33 +58,6 @@ SHAPES = {"tiny": (12, 4, 16), "quick": (120, 8, 32), "full": (200, 8, 64)}
 EVALS = {"tiny": 4, "quick": 12, "full": 20}
 VAL_WINDOWS = {"tiny": 4, "quick": 16, "full": 32}
 
-HYPERPARAMETERS = {
-    "adamw": "b1 0.9, b2 0.95, eps 1e-8 (the LLM baseline)",
-    "stam_full": "b1_base 0.9, b2 0.95 (AdamW's), eps 1e-8; adaptive β₁ at its defaults",
-    "stam_full_energy": "as stam_full, with the energy β₁ signal",
-    "stam_const_mean": "as stam_full with α = 0 and β₁ fixed at the mean β₁ that stam_full "
-                       "used on the task (AdamW with that β₁): does adapting β₁ matter, or "
-                       "only its level?",
-    "stam_lite": "b1_base 0.9, eps 1e-8; it has no b2 (per-tensor moments, decay 0.99 "
-                 "default); adaptive β₁ at its defaults",
-    "stam_lite_energy": "as stam_lite, with the energy β₁ signal",
-    "stam_lite_int8": "as stam_lite, momentum stored in int8",
-    "adams": "b1 0.9, b2 0.95, eps 1e-8",
-    "adafactor": "optax defaults (factored second moment, decay_rate 0.8, update clipping "
-                 "1.0, parameter-scaled steps, no momentum); its decay rate is given as "
-                 "0.1 × the scheduled lr so that it is decoupled like AdamW's",
-    "lion": "b1 0.9, b2 0.99 (Lion's defaults: its b2 plays another role than Adam's)",
-    "muon": "Newton–Schulz on the block matrices (beta 0.95, nesterov); embedding, "
-            "positions, head and gains by its internal Adam with b2 0.95; one learning "
-            "rate for both",
-    "schedule_free_adamw": "b1 0.9, b2 0.95, eps 1e-8; warmup then constant lr (no "
-                           "cosine: its averaging replaces the decay); evaluated at its "
-                           "averaged parameters",
-}
-OPTIMIZERS = tuple(HYPERPARAMETERS)
-QUICK_OPTIMIZERS = ("adamw", "stam_full", "stam_lite")
-
-
 def warmup_cosine(steps: int, warmup: int, final_fraction: float = FINAL_LR_FRACTION):
     """`t -> multiplier of the peak lr`: (t+1)/warmup for t < warmup, then cosine
     from 1 down to `final_fraction` at the last step. Pure jnp (traceable)."""
@@ -108,70 +80,32 @@ def _matrices_only(params):
                 if k == "blocks" else None) for k, sub in params.items()}
 
 
-def llm_optimizer(name: str, lr: Any, steps: int, warmup: int) -> optax.GradientTransformation:
-    """The optimizer `name` with the suite's recipe at peak learning rate `lr`
-    (a float or a traced scalar): clipping, schedule, weight decay, LLM betas.
-    Any other registry name (a user's factory, `registry.load`) is built at the
-    schedule and the suite's weight decay, with its own defaults otherwise."""
+# What every optimizer gets where it has the hyperparameter (see registry.Recipe).
+RECIPE = registry.Recipe(weight_decay=WEIGHT_DECAY, b1=B1, b2=B2, eps=EPS,
+                         decay_everything=True, matrix_axes=_matrices_only)
+
+
+def schedule(entry: registry.Entry, lr: Any, steps: int, warmup: int) -> Any:
+    """The learning rate at step t for `entry` at peak `lr`: warmup then cosine, or
+    warmup then constant for an entry whose averaging replaces the decay."""
+    if entry.warmup_only:
+        return lambda t: lr * jnp.minimum((jnp.asarray(t, jnp.float32) + 1) / warmup, 1.0)
     mult = warmup_cosine(steps, warmup)
-    sched = lambda t: lr * mult(t)  # noqa: E731
-    wd = WEIGHT_DECAY
-    if name == "adamw":
-        tx = optax.adamw(sched, b1=B1, b2=B2, eps=EPS, weight_decay=wd)
-    elif name in ("stam_full", "stam_full_energy"):
-        kw = {"signal": "energy"} if name.endswith("_energy") else {}
-        tx = so.stam(sched, b1_base=B1, b2=B2, eps=EPS, weight_decay=wd, **kw)
-    elif registry.const_beta(name) is not None:  # stam_const_mean's "stam_const_beta=<b>"
-        tx = so.stam(sched, b1_base=registry.const_beta(name), b2=B2, eps=EPS,
-                     weight_decay=wd, adapt_strength=0.0)
-    elif name in ("stam_lite", "stam_lite_energy", "stam_lite_int8"):
-        kw = {"signal": "energy"} if name.endswith("_energy") else {}
-        if name == "stam_lite_int8":
-            kw["state_dtype"] = "int8"
-        tx = so.stam_lite(sched, b1_base=B1, eps=EPS, weight_decay=wd, **kw)
-    elif name == "adams":
-        tx = so.adams(sched, b1=B1, b2=B2, eps=EPS, weight_decay=wd)
-    elif name == "adafactor":
-        tx = optax.adafactor(sched, weight_decay_rate=lambda t: wd * sched(t))
-    elif name == "lion":
-        tx = optax.lion(sched, b1=B1, b2=0.99, weight_decay=wd)
-    elif name == "muon":
-        tx = optax.contrib.muon(sched, weight_decay=wd, adam_b1=B1, adam_b2=B2,
-                                adam_weight_decay=wd,
-                                muon_weight_dimension_numbers=_matrices_only)
-    elif name == "schedule_free_adamw":
-        tx = optax.contrib.schedule_free_adamw(
-            lambda t: lr * jnp.minimum((jnp.asarray(t, jnp.float32) + 1) / warmup, 1.0),
-            b1=B1, b2=B2, eps=EPS, weight_decay=wd)
-    elif name in registry.OPTIMIZERS:  # e.g. a user's factory (`registry.load`)
-        tx = registry.get(name, sched, wd)
-    else:
-        raise ValueError(f"optimizer {name!r} has no gpt recipe and is not in the registry; "
-                         f"choose from {', '.join(OPTIMIZERS)}")
-    return optax.chain(optax.clip_by_global_norm(CLIP_NORM), tx)
+    return lambda t: lr * mult(t)
+
+
+def llm_optimizer(name: str, lr: Any, steps: int, warmup: int) -> optax.GradientTransformation:
+    """The registry optimizer `name` with the suite's recipe at peak learning rate
+    `lr` (a float or a traced scalar): clipping, then the entry built at the
+    schedule with `RECIPE` (weight decay, LLM betas)."""
+    entry = registry.entry(name)
+    return optax.chain(optax.clip_by_global_norm(CLIP_NORM),
+                       entry.build(schedule(entry, lr, steps, warmup), RECIPE))
 
 
 def recipe(name: str) -> str:
     """How `llm_optimizer` sets up `name`, in words (the report's hyperparameter list)."""
-    b = registry.const_beta(name)
-    if b is not None:
-        return f"{HYPERPARAMETERS['stam_const_mean']} (β₁ = {b:g})"
-    return HYPERPARAMETERS.get(name, "its factory's own defaults at the suite's schedule and "
-                                     f"weight decay {WEIGHT_DECAY:g}")
-
-
-def eval_params(name: str, params: Any, state: Any) -> Any:
-    """The parameters at which `name` is evaluated: schedule-free AdamW's
-    averaged iterate, the training parameters for every other optimizer."""
-    if name != "schedule_free_adamw":
-        return params
-    sf = [s for s in jax.tree.leaves(state, is_leaf=_is_schedule_free)
-          if _is_schedule_free(s)]
-    return optax.contrib.schedule_free_eval_params(sf[0], params)
-
-
-def _is_schedule_free(x: Any) -> bool:
-    return isinstance(x, optax.contrib.ScheduleFreeState)
+    return registry.entry(name).notes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +174,7 @@ def make(cfg: Config, v: Variant) -> Task:
                 evaluate=evaluate, steps=steps, eval_every=every, batch_size=batch_size,
                 min_effect=0.02, target=2.5, lr_grid=GRID[cfg.size],
                 make_optimizer=lambda name, lr: llm_optimizer(name, lr, steps, warmup),
-                eval_params=eval_params, seeds=(list(tune), list(final)), fixed_grid=True,
+                seeds=(list(tune), list(final)), fixed_grid=True,
                 record=record)
 
 
