@@ -67,7 +67,8 @@ def test_one_entry_runs_through_smoke_gpt_memory_and_report(one_more, tmp_path, 
     assert run["measured"]["recipe"] == "b1 0.9, b2 0.95, eps 1e-8"
     assert np.isfinite(run["final"]["metric"]).all()
     report = (out / "report.md").read_text()
-    assert "NAdamW (`my_nadamw`)" in report
+    assert "* `my_nadamw`: b1 0.9, b2 0.95, eps 1e-8" in report  # its recipe notes
+    assert "| `my_nadamw` |" in report
     code = cli.main(["memory", "--models", "small_mlp", "--optimizers", one_more,
                      "--no-compiled", "--no-train-step", "--output", str(tmp_path / "m.json")])
     assert code == 0

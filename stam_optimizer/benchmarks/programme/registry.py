@@ -221,7 +221,7 @@ def const_beta_entry(b: float) -> Entry:
     """STAM with α = 0 and β₁ = b (AdamW with that β₁), named `stam_const_beta=<b>`."""
     return Entry(f"{CONST_BETA_PREFIX}{b}", _stam(b1_base=b, adapt_strength=0.0),
                  label=f"STAM α=0, β₁={b:g}", family="variant", decoupled_wd=True, full=False,
-                 notes=f"as stam_full with α = 0 and β₁ fixed at {b:g} (AdamW with that β₁)")
+                 notes=f"as stam_full with α = 0: AdamW with β₁ = {b:g}")
 
 
 for _entry in (
