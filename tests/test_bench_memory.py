@@ -399,3 +399,17 @@ def test_resource_report_rejects_unknown_model(tmp_path):
         timeout=120)
     assert proc.returncode == 2 and "unknown model 'vgg'" in proc.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_parent_rows_compare_each_storage_variant_with_its_float_parent():
+    rows = memory.train_step_rows(["stam_lite", "stam_lite_int8"], batch=1, seq=8)
+    (row,) = memory.parent_rows(rows)
+    assert row["optimizer"] == "stam_lite_int8" and row["parent"] == "stam_lite"
+    by = {(r["optimizer"], r["donated"]): r for r in rows}
+    assert row["state_saved"] == (by[("stam_lite", True)]["state_bytes"]
+                                  - by[("stam_lite_int8", True)]["state_bytes"]) > 0
+    assert row["peak_saved"] == by[("stam_lite", True)]["total"] - by[("stam_lite_int8",
+                                                                        True)]["total"]
+    assert row["peak_share"] == pytest.approx(row["peak_saved"] / row["state_saved"])
+    table = memory.parent_table([row])
+    assert table.splitlines()[2].startswith("| stam_lite_int8 | stam_lite | ")

@@ -268,7 +268,50 @@ def train_step_rows(optimizers: list[str], batch: int, seq: int,
     return rows
 
 
+def parent_rows(train_step: list[dict]) -> list[dict]:
+    """For every optimizer of `train_step` that stores its float parent's state
+    differently (`registry.Entry.parent`) and whose parent was measured too: the
+    state bytes it saves and how much of that the donated train step's peak saves.
+    `peak_share` = peak saved / state saved; the target is at least 0.8 (the
+    transients of decoding must not eat the saving)."""
+    by = {(r["optimizer"], r["donated"]): r for r in train_step}
+    rows = []
+    for name in dict.fromkeys(r["optimizer"] for r in train_step):
+        found = registry.ENTRIES.get(name)
+        parent = found.parent if found is not None else None
+        if parent is None or (parent, True) not in by:
+            continue
+        mine, theirs = by[(name, True)], by[(parent, True)]
+        state_saved = theirs["state_bytes"] - mine["state_bytes"]
+        peak_saved = (None if mine["total"] is None or theirs["total"] is None
+                      else theirs["total"] - mine["total"])
+        rows.append({"optimizer": name, "parent": parent, "params": mine["params"],
+                     "state_bytes": mine["state_bytes"],
+                     "parent_state_bytes": theirs["state_bytes"], "state_saved": state_saved,
+                     "peak": mine["total"], "parent_peak": theirs["total"],
+                     "peak_saved": peak_saved,
+                     "peak_share": (None if peak_saved is None or state_saved <= 0
+                                    else peak_saved / state_saved)})
+    return rows
+
+
 # --- reports ------------------------------------------------------------------------
+
+def parent_table(rows: list[dict]) -> str:
+    """Markdown: each storage variant against its float parent in the donated
+    transformer train step (MB), and the share of the state saving the peak keeps."""
+    lines = ["| optimizer | parent | state B/param | parent state B/param | state saved MB"
+             " | peak MB | parent peak MB | peak saved MB | peak saved / state saved |",
+             "|---" * 9 + "|"]
+    for r in rows:
+        share = r["peak_share"]
+        lines.append(
+            f"| {r['optimizer']} | {r['parent']} | {r['state_bytes'] / r['params']:.3f} | "
+            f"{r['parent_state_bytes'] / r['params']:.3f} | {_mb(r['state_saved'])} | "
+            f"{_mb(r['peak'])} | {_mb(r['parent_peak'])} | {_mb(r['peak_saved'])} | "
+            f"{'n/a' if share is None else f'{share:.2f}'} |")
+    return "\n".join(lines)
+
 
 def bytes_table(rows: list[dict]) -> str:
     """Markdown: state bytes/param (and ratio to AdamW) per optimizer × model."""
@@ -353,6 +396,8 @@ def measure(models: list[str], optimizers: list[str], *,
     optimizers = list(optimizers) + ([BASELINE] if BASELINE not in optimizers else [])
     chosen = list(compiled_optimizers or optimizers)
     chosen += [BASELINE] if BASELINE not in chosen else []
+    parents = [registry.entry(n).parent for n in chosen if registry.entry(n).parent]
+    chosen += [p for p in dict.fromkeys(parents) if p not in chosen]  # for `parent_rows`
     out = {"schema": records.SCHEMA, "kind": "memory", "environment": records.environment(),
            "method": __doc__.strip(), "memory_analysis_notes": MEMORY_ANALYSIS_NOTES,
            "rows": state_rows(list(models), optimizers), "storage": storage_state(),
@@ -366,6 +411,7 @@ def measure(models: list[str], optimizers: list[str], *,
         log(f"compiling the transformer train step ({train_batch} x {train_seq} "
             f"tokens) with {len(chosen)} optimizers")
         out["train_step"] = train_step_rows(chosen, train_batch, train_seq, log)
+        out["parents"] = parent_rows(out["train_step"])
         records.write_json(output, out)
     return out
 
@@ -383,6 +429,10 @@ def summary(out: dict) -> str:
                   f"{r0['batch']} x {r0['seq']} tokens): optimizer state next to the step's "
                   "peak, peak = argument + output - alias + temp (params, grads, state, "
                   "activations, temporaries):\n", train_step_table(out["train_step"])]
+        if out.get("parents"):
+            parts += ["\nLow-bit and bf16 state against its float parent (donated train step; "
+                      "the peak should save at least 0.8 of the state bytes saved):\n",
+                      parent_table(out["parents"])]
     if out["compiled"] or out["train_step"]:
         parts.append(f"\nNote: {MEMORY_ANALYSIS_NOTES}")
     parts += ["", *storage_lines(out["storage"])]
