@@ -32,8 +32,11 @@ from stam_optimizer.benchmarks.tasks import models
 
 def update_optimizers() -> list[str]:
     """The optimizers of the update timing: the registry entries that count the bytes
-    one update moves (`registry.Entry.update_bytes`)."""
-    return [n for n, e in registry.ENTRIES.items() if e.update_bytes]
+    one update moves (`registry.Entry.update_bytes`), and every entry that stores a
+    float parent's state differently, with that parent (`ratio_to_parent`)."""
+    names = [n for n, e in registry.ENTRIES.items() if e.update_bytes or e.parent]
+    parents = [registry.ENTRIES[n].parent for n in names if registry.ENTRIES[n].parent]
+    return names + [p for p in dict.fromkeys(parents) if p not in names]
 
 
 TREES = ("small200", "square8", "large64", "single16")
@@ -92,12 +95,19 @@ def interleave(runners: dict[str, Callable[[], None]], steps: int) -> dict[str, 
 
 
 def _summary(times: dict[str, np.ndarray], baseline: str) -> dict[str, dict]:
+    """Median, min and max seconds per optimizer; the median of the per-round ratios
+    to `baseline` and, for a storage variant, to its float parent
+    (`registry.Entry.parent`) when that was timed in the same rounds."""
     out = {}
     for k, t in times.items():
         out[k] = {
             "median_s": float(np.median(t)), "min_s": float(t.min()), "max_s": float(t.max()),
             "ratio_to_adamw": float(np.median(t / times[baseline])) if baseline in times else None,
         }
+        found = registry.ENTRIES.get(k)
+        if found is not None and found.parent in times:
+            out[k]["parent"] = found.parent
+            out[k]["ratio_to_parent"] = float(np.median(t / times[found.parent]))
     return out
 
 
@@ -259,6 +269,20 @@ def _pair(r: dict, value: str, ratio: str) -> str:
     text = f"{r[value]:.2f}"
     return f"{text} ({r[ratio + '_ratio_to_adamw']:.2f})" if ratio + "_ratio_to_adamw" in r \
         else text
+
+
+def parent_table(runs: list[dict]) -> str:
+    """Markdown: each storage variant's time as a median ratio to its float parent,
+    from the same interleaved rounds (update-only runs and train steps)."""
+    lines = ["| timing | tree or task | optimizer | parent | ratio to parent (median) |",
+             "|---|---|---|---|---|"]
+    for run in runs:
+        kind, where = ("update", run["tree"]) if "tree" in run else ("train step", run["task"])
+        for name, r in run["optimizers"].items():
+            if "ratio_to_parent" in r:
+                lines.append(f"| {kind} | {where} | {name} | {r['parent']} | "
+                             f"{r['ratio_to_parent']:.2f} |")
+    return "\n".join(lines)
 
 
 def train_table(runs: list[dict]) -> str:
