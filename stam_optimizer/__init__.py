@@ -10,6 +10,7 @@ Optax-native (updates are added to params)::
     from stam_optimizer import STAM, STAMLite
 """
 
+from stam_optimizer import quantize  # the public module of the int8 state (`so.quantize`)
 from stam_optimizer.adams import ScaleByAdamsState, adams, scale_by_adams
 from stam_optimizer.diagnostics import find_states, tree_beta1, tree_nonfinite
 from stam_optimizer.legacy import STAM, STAMLite
@@ -26,6 +27,7 @@ __all__ = [
     "ScaleByStamState",
     "adams",
     "find_states",
+    "quantize",
     "scale_by_adams",
     "scale_by_stam",
     "scale_by_stam_lite",

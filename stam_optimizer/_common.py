@@ -2,7 +2,8 @@
 weight decay and learning rate, exact bias corrections, empty tensors, the
 non-finite count) and the per-leaf plumbing of the updates.
 
-Validation and dtypes live in `_validation`, the fused reductions and their
+Validation and dtypes live in `_validation`, the β₁ rules in `beta1_signal`,
+the storage of state buffers in `_storage`, the fused reductions and their
 backend tricks in `_reductions`.
 
 Nothing here is public API. Every helper is a pure function; none of them runs
@@ -20,32 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stam_optimizer._validation import (  # noqa: F401 (the check_* helpers live there)
-    as_arrays,
-    check_b1_min,
-    check_bool,
-    check_interval_int,
-    check_learning_rate,
-    check_mask,
-    check_number,
-    check_range,
-    check_unit_open,
-    check_weight_decay,
-    concrete_float,
-    grad_leaves,
-    resolve_dtype,
-)
-
-# Added to τ² in STAM's variance ratio (SPEC: `τ² + 1e-8`); not a user knob.
-TAU_EPS = 1e-8
-
-# Storage dtypes accepted by name; values are what `jnp.dtype` understands.
-FLOAT_STATE_DTYPES = ("float32", "bfloat16", "float16")
-
-
-def default_b1_min(b1_base: Any, adapt_strength: Any) -> Any:
-    """SPEC default: `min(b1_base, max(0.5, b1_base·(1−α)))`; works on traced values."""
-    return jnp.minimum(b1_base, jnp.maximum(0.5, b1_base * (1.0 - adapt_strength)))
+from stam_optimizer._validation import check_mask, concrete_float
 
 
 def stat_dtype(leaves: list[jax.Array]) -> jnp.dtype:
@@ -56,7 +32,7 @@ def stat_dtype(leaves: list[jax.Array]) -> jnp.dtype:
 
 
 def sanitize(g: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """SPEC common rule: non-finite gradient entries become 0; returns `g` in `dtype`."""
+    """Common rule (docs/math.md): non-finite gradient entries become 0; returns `g` in `dtype`."""
     g = g.astype(dtype)
     return jnp.where(jnp.isfinite(g), g, jnp.zeros((), dtype))
 
@@ -66,19 +42,6 @@ def stack(scalars: list[jax.Array], dtype: jnp.dtype) -> jax.Array:
     if not scalars:
         return jnp.zeros((0,), dtype)
     return jnp.stack([jnp.asarray(s, dtype) for s in scalars])
-
-
-def store(x: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """Casts `x` to a storage dtype, saturating at its largest finite value.
-
-    float16 holds at most 65504; a plain cast would turn a large momentum into
-    inf and then every later update into NaN.
-    """
-    dtype = jnp.dtype(dtype)
-    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).max < jnp.finfo(x.dtype).max:
-        big = jnp.finfo(dtype).max.astype(x.dtype)
-        x = jnp.clip(x, -big, big)
-    return x.astype(dtype)
 
 
 def vector(n: int, value: Any, dtype: jnp.dtype, like: list[jax.Array] = ()) -> jax.Array:
@@ -134,8 +97,11 @@ def leaf_sizes(gs: list[jax.Array], dtype: jnp.dtype) -> tuple[jax.Array, np.nda
 
 
 def keep_where_empty(nonempty: np.ndarray, new: jax.Array, old: jax.Array) -> jax.Array:
-    """SPEC: empty leaves leave their statistics unchanged."""
-    if nonempty.all():
+    """Common rule (docs/math.md): empty leaves leave their statistics unchanged.
+
+    A statistic the step did not change (`new is old`) is returned as it is.
+    """
+    if nonempty.all() or new is old:
         return new
     return jnp.where(jnp.asarray(nonempty), new, old)
 
@@ -201,19 +167,3 @@ def is_boxed(x: Any) -> bool:
 def unbox(x: Any) -> Any:
     """Returns the array inside a flax Variable-like box, or `x` itself."""
     return x.get_value() if is_boxed(x) else x
-
-
-def check_real(name: str, tree: Any) -> None:
-    """Raises TypeError naming the dtype when `tree` holds a complex leaf.
-
-    The per-tensor statistics and β₁ rules are defined for real tensors; a
-    complex one is refused instead of being trained to a wrong point.
-    """
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        dtype = getattr(leaf, "dtype", None)
-        if dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
-            raise TypeError(
-                    f"{name}: complex parameters are not supported, got dtype {dtype} at"
-                    f" {jax.tree_util.keystr(path) or 'the root'}; optimise the real and"
-                    " imaginary parts as two real parameters"
-            )

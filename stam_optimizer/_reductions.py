@@ -2,25 +2,25 @@
 
 The optimizers need a few sums per tensor (of g, g², (g − μ)², ...). Their plain
 statement is `plain_tensor_sums`; `tensor_sums` computes the same numbers in as
-few passes over memory as XLA:CPU allows, and a test checks that the two agree.
-Everything here is about speed and memory on the backend, nothing about the
-math: `docs/math.md` is written in terms of the plain statement.
+few passes over memory as XLA:CPU allows (measured with jax 0.10.x), and a
+test checks that the two agree. Everything here is about speed and memory on
+the backend, nothing about the math: `docs/math.md` is written in terms of the
+plain statement.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stam_optimizer import quantize as qz
-from stam_optimizer._common import sanitize, stack, store
+from stam_optimizer._common import map_leaves, sanitize, stack
+from stam_optimizer.state_sharding import explicitly_sharded
 
-# XLA:CPU (jax 0.10) sends a sum over ≥ 4096 elements to one fused kernel, but
+# XLA:CPU (jax 0.10.x) sends a sum over ≥ 4096 elements to one fused kernel, but
 # splits a smaller one into 3–4 kernels (its producer is written out, then
 # reduced in a tree). A leaf under this size gets all its sums from one padded
 # (n_sums, ≥ 4096/n_sums) stack instead: 2 kernels where there were 6–8,
@@ -33,22 +33,38 @@ SMALL_SUM = 4096
 SANITIZE_CHUNK = 1 << 16
 
 
-class TensorSums(NamedTuple):
-    """What `tensor_sums` returns.
+class TensorSums:
+    """What `tensor_sums` returns: the sums, the flags, and the way to the leaves.
 
     sums: one 1-D vector per function, the sum over each tensor (0 when empty).
-    gs, others: the gradient leaves and companion buffers, passed through the
-      same optimization barrier as the sums. The elementwise update must read
-      these: reading its own references lets XLA fold the update's reads into
-      the reductions' passes, which then write a param-sized temporary.
     flagged: per tensor, True when a sum over the raw (unsanitised) inputs was
       not finite, i.e. the gradient had a NaN or ±Inf entry.
+
+    The elementwise update runs through `map_leaves`, which hands it the
+    gradients and companion buffers after the optimization barrier that the
+    sums passed through: an update that read its own references would let XLA
+    fold its reads into the reductions' passes, which then write a param-sized
+    temporary. The leaves after the barrier are not exposed otherwise.
     """
 
-    sums: tuple[jax.Array, ...]
-    gs: list[jax.Array]
-    others: list[list[jax.Array]]
-    flagged: jax.Array
+    __slots__ = ("_gs", "_others", "flagged", "sums")
+
+    def __init__(self, sums: tuple[jax.Array, ...], flagged: jax.Array,
+                 gs: list[jax.Array], others: list[list[jax.Array]]):
+        self.sums, self.flagged, self._gs, self._others = sums, flagged, gs, others
+
+    def map_leaves(
+        self,
+        leaf_fn: Callable[..., tuple],
+        buffers: Sequence[list[jax.Array]] = (),
+        vectors: tuple[jax.Array, ...] = (),
+    ) -> tuple[list[jax.Array], list[list[jax.Array]]]:
+        """`_common.map_leaves` over the summed leaves: runs
+        `leaf_fn(g, *others_i, *buffers_i, *vector_entries_i) -> (u, *new_others_i,
+        *new_buffers_i)` per leaf, with `g` and `others` those given to
+        `tensor_sums` and `buffers` more param-shaped buffers that the sums did
+        not read. Returns the updates and the new buffers (others first)."""
+        return map_leaves(leaf_fn, self._gs, [*self._others, *buffers], vectors)
 
 
 def plain_tensor_sums(
@@ -100,8 +116,8 @@ def tensor_sums(
     `lax.cond` recomputes all sums from sanitised gradients only when some sum
     comes out non-finite, which any NaN/±Inf gradient entry guarantees.
 
-    Returns a `TensorSums`; its `gs` and `others` are the inputs after the
-    barrier, and the update must read those, not its own references.
+    Returns a `TensorSums`: the sums, the flags, and `map_leaves`, through
+    which the update reads the leaves after the barrier.
     """
     n = len(gs)
     args = [[gs[i], *(o[i] for o in others)] for i in range(n)]
@@ -195,21 +211,8 @@ def tensor_sums(
     flagged = functools.reduce(jnp.logical_or, [~jnp.isfinite(v) for v in fast])
     totals = jax.lax.cond(~jnp.any(flagged), lambda: fast, sanitized_sums)
     args, totals = jax.lax.optimization_barrier((args, totals))
-    return TensorSums(totals, [a[0] for a in args],
-                      [[a[k + 1] for a in args] for k in range(len(others))], flagged)
-
-
-def explicitly_sharded(x: jax.Array) -> bool:
-    """True when the type of `x` carries a sharding over an Explicit mesh axis
-    (then flattening it, for instance, needs an output sharding)."""
-    found = qz.explicit_sharding(x)
-    if found is None:
-        return False
-    mesh, spec = found
-    explicit = {name for name, kind in zip(mesh.axis_names, mesh.axis_types)
-                if kind == jax.sharding.AxisType.Explicit}
-    return any(name in explicit for entry in spec if entry is not None
-               for name in (entry if isinstance(entry, tuple) else (entry,)))
+    return TensorSums(totals, flagged, [a[0] for a in args],
+                      [[a[k + 1] for a in args] for k in range(len(others))])
 
 
 def nonfinite_sums(gs: list[jax.Array]) -> jax.Array:
@@ -218,45 +221,7 @@ def nonfinite_sums(gs: list[jax.Array]) -> jax.Array:
     Any NaN or ±Inf entry makes it so (NaN, or +Inf and −Inf, give NaN), and
     so does a sum of finite entries beyond the float32 range (about 3.4e38).
     One fused reduction per tensor and no temporary: a reduction of
-    `isfinite(g)` is written out as a bool array first on XLA:CPU.
+    `isfinite(g)` is written out as a bool array first on XLA:CPU (jax 0.10.x).
     """
     return stack([~jnp.isfinite(jnp.sum(g.astype(jnp.promote_types(g.dtype, jnp.float32))))
                   for g in gs], jnp.bool_)
-
-
-def read_back(stored: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """The freshly stored buffer, as the update must read it: upcast, behind a barrier.
-
-    Without the barrier XLA recomputes the buffer inside the update's fusion from
-    the previous one, which the store overwrites in place, and so copies the
-    whole previous buffer first (measured 1.8x slower for bfloat16 state). With
-    a low-precision state the update therefore uses the rounded buffer, which
-    is also what the next step starts from.
-    """
-    return jax.lax.optimization_barrier(stored).astype(dtype)
-
-
-def plain_momentum_and_previous(m_prev: jax.Array, g: jax.Array, b1: jax.Array,
-                                dtype: jnp.dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The plain statement `momentum_and_previous` keeps: `(m, m_new, m_prev)` with
-    `m = store(b1·m_prev + (1−b1)·g)` in `m_prev`'s dtype, `m_new` that buffer read
-    back in `dtype`, and `m_prev` in `dtype`."""
-    m = store(b1 * m_prev.astype(dtype) + (1 - b1) * g, m_prev.dtype)
-    return m, m.astype(dtype), m_prev.astype(dtype)
-
-
-def momentum_and_previous(m_prev: jax.Array, g: jax.Array, b1: jax.Array,
-                          dtype: jnp.dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`plain_momentum_and_previous`, for an update that needs both the new and the
-    previous momentum of a buffer that the new one overwrites in place.
-
-    Read plainly, `m_prev` after the store makes XLA copy the whole buffer first
-    (measured 3.4x slower for AdamS). Here the update reads the new buffer behind
-    a barrier and recovers `m_prev = (m_new − (1−b1)·g) / b1`; the difference to
-    the plain statement is a few ulps of `m_prev` (tested), plus the rounding of
-    the stored buffer for a low-precision one. `g` must be finite and `b1 > 0`.
-    """
-    m = store(b1 * m_prev.astype(dtype) + (1 - b1) * g, m_prev.dtype)
-    m_read, g = jax.lax.optimization_barrier((m, g))
-    m_new = m_read.astype(dtype)
-    return m, m_new, (m_new - (1 - b1) * g) / b1

@@ -17,7 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stam_optimizer.quantize import QuantizedArray
+from stam_optimizer.blockwise import QuantizedArray
+
+# Storage dtypes accepted by name; values are what `jnp.dtype` understands.
+FLOAT_STATE_DTYPES = ("float32", "bfloat16", "float16")
 
 # Low-precision float dtypes: a hyperparameter given in one of them may have been
 # rounded (`optax.inject_hyperparams` casts floats to the params' dtype).
@@ -336,3 +339,19 @@ def _tree_mismatch(updates: Any, expected: Any) -> str:
     lines.append(f"expected (state): {jax.tree.structure(expected, is_leaf=_is_slot)}")
     lines.append(f"got (grads): {jax.tree.structure(updates)}")
     return "\n".join(lines)
+
+
+def check_real(name: str, tree: Any) -> None:
+    """Raises TypeError naming the dtype when `tree` holds a complex leaf.
+
+    The per-tensor statistics and β₁ rules are defined for real tensors; a
+    complex one is refused instead of being trained to a wrong point.
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                    f"{name}: complex parameters are not supported, got dtype {dtype} at"
+                    f" {jax.tree_util.keystr(path) or 'the root'}; optimise the real and"
+                    " imaginary parts as two real parameters"
+            )

@@ -13,8 +13,27 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stam_optimizer import _common as c
-from stam_optimizer import _reductions as red
+from stam_optimizer._common import (
+    count_flagged,
+    map_leaves,
+    sanitize,
+    vector,
+    with_decay_and_lr,
+    zeros_like_tree,
+)
+from stam_optimizer._reductions import nonfinite_sums
+from stam_optimizer._storage import momentum_and_previous
+from stam_optimizer._validation import (
+    FLOAT_STATE_DTYPES,
+    as_arrays,
+    check_learning_rate,
+    check_range,
+    check_real,
+    check_unit_open,
+    check_weight_decay,
+    grad_leaves,
+    resolve_dtype,
+)
 
 
 class ScaleByAdamsState(NamedTuple):
@@ -64,35 +83,35 @@ def scale_by_adams(
       Zhang, Wang & Chen, "AdamS: Momentum Itself Can Be A Normalizer for LLM
       Pretraining and Post-training", arXiv:2505.16363 (2025).
     """
-    c.check_unit_open("b1", b1)
-    c.check_unit_open("b2", b2)
-    c.check_range("eps", eps, 0.0)
-    mu_dtype = c.resolve_dtype("mu_dtype", mu_dtype, c.FLOAT_STATE_DTYPES)
+    check_unit_open("b1", b1)
+    check_unit_open("b2", b2)
+    check_range("eps", eps, 0.0)
+    mu_dtype = resolve_dtype("mu_dtype", mu_dtype, FLOAT_STATE_DTYPES)
 
     def init_fn(params):
-        params = c.as_arrays(params)
-        c.check_real("scale_by_adams", params)
+        params = as_arrays(params)
+        check_real("scale_by_adams", params)
         leaves = jax.tree.leaves(params)
-        return ScaleByAdamsState(m=c.zeros_like_tree(params, mu_dtype),
-                                 nonfinite=c.vector(len(leaves), 0, jnp.int32, leaves))
+        return ScaleByAdamsState(m=zeros_like_tree(params, mu_dtype),
+                                 nonfinite=vector(len(leaves), 0, jnp.int32, leaves))
 
     def leaf_update(g, m_prev):
         dt = jnp.promote_types(g.dtype, jnp.float32)
-        g = c.sanitize(g, dt)
+        g = sanitize(g, dt)
         # m = β₁·m_prev + (1−β₁)·g, and v needs m_prev too (see momentum_and_previous)
-        m, m_new, m_prev = red.momentum_and_previous(m_prev, g, b1, dt)
+        m, m_new, m_prev = momentum_and_previous(m_prev, g, b1, dt)
         v = b2 * m_prev**2 + (1 - b2) * g**2
         u = m_new / (jnp.sqrt(v) + eps)
         return u, m
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args  # accepted as optax's transformations do (e.g. value=loss)
-        treedef, gs = c.grad_leaves(updates, state.m)
-        c.check_real("scale_by_adams", gs)
-        flagged = red.nonfinite_sums(gs)
-        us, (ms,) = c.map_leaves(leaf_update, gs, [treedef.flatten_up_to(state.m)], ())
+        treedef, gs = grad_leaves(updates, state.m)
+        check_real("scale_by_adams", gs)
+        flagged = nonfinite_sums(gs)
+        us, (ms,) = map_leaves(leaf_update, gs, [treedef.flatten_up_to(state.m)], ())
         return treedef.unflatten(us), ScaleByAdamsState(
-            m=treedef.unflatten(ms), nonfinite=c.count_flagged(state.nonfinite, flagged))
+            m=treedef.unflatten(ms), nonfinite=count_flagged(state.nonfinite, flagged))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -122,7 +141,7 @@ def adams(
       >>> opt = adams(learning_rate=3e-4)
       >>> state = opt.init({"w": jnp.zeros((4, 4))})
     """
-    c.check_learning_rate(learning_rate)
-    c.check_weight_decay(weight_decay)
-    return c.with_decay_and_lr(scale_by_adams(b1, b2, eps, mu_dtype),
+    check_learning_rate(learning_rate)
+    check_weight_decay(weight_decay)
+    return with_decay_and_lr(scale_by_adams(b1, b2, eps, mu_dtype),
                                learning_rate, weight_decay, mask)

@@ -2,7 +2,8 @@ r"""The per-tensor β₁ signals of STAM and STAMLite: what β₁ responds to.
 
 Both optimizers take `signal=`:
 
-* `"spec"` (default): the signal of SPEC.md, unchanged since 0.1.0. STAM's
+* `"spec"` (default): the signal of docs/math.md (sections STAM and
+  STAMLite), unchanged since 0.1.0. STAM's
   `z = σ²/τ²` is the residual's mean square over its squared mean absolute
   value: a *shape* statistic of the residual distribution (about π/2 for
   Gaussian residuals, larger for heavy tails), not its size. Since τ (decay
@@ -19,7 +20,7 @@ Both optimizers take `signal=`:
   gradient's mean) lowers β₁, less noise raises it, and a sign flip of the
   mean lowers it for as long as the momentum disagrees.
 
-The energy rules, per tensor, in SPEC.md's notation (`d` is STAM's
+The energy rules, per tensor, in docs/math.md's notation (`d` is STAM's
 `tau_decay`, or STAMLite's `moment_decay` ρ, whose `b` is Q)::
 
   r  = g − μ                                 # residual against old momentum
@@ -43,19 +44,31 @@ Example:
   >>> float(state.beta1[0])  # first step: μ = 0, so r = g and z = 1: β₁ = b1_min
   0.72...
 
+Each rule is written once here, as a function from the step's per-tensor
+sums and the running statistics to the new statistics and β₁ (`stam_spec`,
+`stam_energy`, `lite_spec`, `lite_energy`); `stam_rule` and `lite_rule` pick
+one by name, with the sums it reads (`StamRule.terms`, `LiteRule.terms`), and
+`scale_by_stam` / `scale_by_stam_lite` call it for all tensors at once.
+
 References:
-  SPEC.md of stam-optimizer (the "spec" signal); docs/signal.md (measurements
-  of both signals on controlled gradient streams, and the candidates compared).
+  docs/math.md of stam-optimizer (sections STAM and STAMLite: the "spec"
+  signal; section β₁ signal variants); docs/signal.md (measurements of both
+  signals on controlled gradient streams, and the candidates compared).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 SIGNALS = ("spec", "energy")
+
+# Added to τ² in STAM's "spec" ratio (docs/math.md: `τ² + 1e-8`); not a user knob.
+TAU_EPS = 1e-8
 
 
 def check_signal(signal: Any) -> str:
@@ -69,34 +82,191 @@ def check_signal(signal: Any) -> str:
     return signal
 
 
+def default_b1_min(b1_base: Any, adapt_strength: Any) -> Any:
+    """The default smallest β₁, `min(b1_base, max(0.5, b1_base·(1−α)))`; works on traced values."""
+    return jnp.minimum(b1_base, jnp.maximum(0.5, b1_base * (1.0 - adapt_strength)))
+
+
+def beta1_of_score(s: jax.Array, b1_base: Any, alpha: Any, b1_min: Any) -> jax.Array:
+    """`β₁ = clip(b1_base·(1 − α·s), b1_min, b1_base)`, the map shared by every signal."""
+    return jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
+
+
+# --- the ratios z and scores s of each signal ---------------------------------------
+
+def stam_spec_ratio(sigma2: jax.Array, tau: jax.Array) -> jax.Array:
+    """STAM's "spec" `z = σ² / (τ² + 1e-8)`."""
+    return sigma2 / (tau**2 + TAU_EPS)
+
+
+def lite_spec_ratio(a_hat: jax.Array, b_hat: jax.Array, eps: Any) -> jax.Array:
+    """STAMLite's "spec" `z = max(b̂ − â², 0) / (b̂ + eps)`."""
+    return jnp.maximum(b_hat - a_hat**2, 0) / (b_hat + eps)
+
+
+def spec_score(z: jax.Array) -> jax.Array:
+    """The "spec" score `s = z / (1 + z)`."""
+    return z / (1 + z)
+
+
 def energy_ratio(res_energy: jax.Array, grad_energy: jax.Array) -> jax.Array:
-    """`z = P / max(Q, tiny)`, per tensor."""
+    """The "energy" `z = P / max(Q, tiny)`, per tensor."""
     tiny = jnp.finfo(res_energy.dtype).tiny
     return res_energy / jnp.maximum(grad_energy, tiny)
 
 
-def energy_beta1(z: jax.Array, b1_base: Any, alpha: Any, b1_min: Any) -> jax.Array:
-    """`β₁ = clip(b1_base·(1 − α·min(z, 1)), b1_min, b1_base)`; b1_base where z is not finite."""
-    beta1 = jnp.clip(b1_base * (1 - alpha * jnp.minimum(z, 1.0)), b1_min, b1_base)
-    return jnp.where(jnp.isfinite(z), beta1, b1_base)
+def energy_score(z: jax.Array) -> jax.Array:
+    """The "energy" score `s = min(z, 1)`."""
+    return jnp.minimum(z, 1.0)
 
 
-def energy_stam(res_energy: jax.Array, grad_energy: jax.Array, mean_r2: jax.Array,
-                mean_g2: jax.Array, decay: Any, b1_base: Any, alpha: Any,
-                b1_min: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """STAM's energy rules for all tensors at once: returns new P, Q and β₁."""
-    res_energy = decay * res_energy + (1 - decay) * mean_r2
-    grad_energy = decay * grad_energy + (1 - decay) * mean_g2
+# --- the per-entry terms whose per-tensor sums the rules read ----------------------
+
+def residual_square(g: jax.Array, mu: jax.Array) -> jax.Array:
+    """`r² = (g − μ)²`, μ the momentum before this step."""
+    return (g - mu) ** 2
+
+
+def residual_abs(g: jax.Array, mu: jax.Array) -> jax.Array:
+    """`|r| = |g − μ|`."""
+    return jnp.abs(g - mu)
+
+
+def gradient_square(g: jax.Array, mu: jax.Array) -> jax.Array:
+    """`g²` (μ unused: the terms of a rule share one signature)."""
+    return g**2
+
+
+# --- STAM -------------------------------------------------------------------------
+
+class StamStats(NamedTuple):
+    """STAM's running signal statistics, one per tensor (the state fields of the
+    same names): σ² and τ of the "spec" signal, P and Q of the "energy" one."""
+
+    sigma2: jax.Array
+    tau: jax.Array
+    res_energy: jax.Array
+    grad_energy: jax.Array
+
+
+def stam_spec(stats: StamStats, sums: tuple[jax.Array, jax.Array], size: jax.Array, *,
+              b1_base: Any, b2: Any, alpha: Any, tau_decay: Any, b1_min: Any,
+              fallback_threshold: Any) -> tuple[StamStats, jax.Array]:
+    """STAM's "spec" rule; `sums` are the per-tensor `(Σr², Σ|r|)`, `size` the counts::
+
+      σ² = b2·σ² + (1−b2)·mean(r²)
+      τ  = tau_decay·τ + (1−tau_decay)·mean(|r|)
+      z  = σ² / (τ² + 1e-8);   s = z / (1 + z)
+      β₁ = clip(b1_base·(1 − α·s), b1_min, b1_base)
+      β₁ = b1_base  if σ² or β₁ is not finite or σ² ≥ fallback_threshold·(τ² + 1e-8)
+
+    Returns the new statistics (P and Q unchanged) and β₁.
+    """
+    sum_r2, sum_abs_r = sums
+    sigma2 = b2 * stats.sigma2 + (1 - b2) * sum_r2 / size
+    tau = tau_decay * stats.tau + (1 - tau_decay) * sum_abs_r / size
+    beta1 = beta1_of_score(spec_score(stam_spec_ratio(sigma2, tau)), b1_base, alpha, b1_min)
+    fallback = ~jnp.isfinite(sigma2) | (sigma2 >= fallback_threshold * (tau**2 + TAU_EPS))
+    beta1 = jnp.where(fallback | ~jnp.isfinite(beta1), b1_base, beta1)
+    return stats._replace(sigma2=sigma2, tau=tau), beta1
+
+
+def stam_energy(stats: StamStats, sums: tuple[jax.Array, jax.Array], size: jax.Array, *,
+                b1_base: Any, alpha: Any, tau_decay: Any,
+                b1_min: Any) -> tuple[StamStats, jax.Array]:
+    """STAM's "energy" rule; `sums` are the per-tensor `(Σr², Σg²)`, `d = tau_decay`::
+
+      P  = d·P + (1−d)·mean(r²);   Q = d·Q + (1−d)·mean(g²)
+      z  = P / max(Q, tiny);       s = min(z, 1)
+      β₁ = clip(b1_base·(1 − α·s), b1_min, b1_base)   (b1_base if z is not finite)
+
+    Returns the new statistics (σ² and τ unchanged) and β₁.
+    """
+    mean_r2, mean_g2 = (total / size for total in sums)
+    res_energy = tau_decay * stats.res_energy + (1 - tau_decay) * mean_r2
+    grad_energy = tau_decay * stats.grad_energy + (1 - tau_decay) * mean_g2
     z = energy_ratio(res_energy, grad_energy)
-    return res_energy, grad_energy, energy_beta1(z, b1_base, alpha, b1_min)
+    beta1 = beta1_of_score(energy_score(z), b1_base, alpha, b1_min)
+    beta1 = jnp.where(jnp.isfinite(z), beta1, b1_base)
+    return stats._replace(res_energy=res_energy, grad_energy=grad_energy), beta1
 
 
-def energy_lite(res_energy: jax.Array, b: jax.Array, mean_r2: jax.Array, rho: Any,
-                b1_base: Any, alpha: Any, b1_min: Any) -> tuple[jax.Array, jax.Array]:
-    """STAMLite's energy rules (with its new `b` as Q): returns new P and the β₁ candidate."""
+class StamRule(NamedTuple):
+    """A β₁ rule of STAM: `terms(g, μ)`, the per-entry terms whose per-tensor sums
+    it reads, and `step(stats, sums, size) -> (stats, β₁)`."""
+
+    terms: tuple[Callable[[jax.Array, jax.Array], jax.Array], ...]
+    step: Callable[[StamStats, tuple[jax.Array, ...], jax.Array], tuple[StamStats, jax.Array]]
+
+
+def stam_rule(signal: str, *, b1_base: Any, b2: Any, alpha: Any, tau_decay: Any, b1_min: Any,
+              fallback_threshold: Any) -> StamRule:
+    """STAM's rule for `signal`, with its hyperparameters bound."""
+    if check_signal(signal) == "energy":
+        return StamRule((residual_square, gradient_square), functools.partial(
+                stam_energy, b1_base=b1_base, alpha=alpha, tau_decay=tau_decay, b1_min=b1_min))
+    return StamRule((residual_square, residual_abs), functools.partial(
+            stam_spec, b1_base=b1_base, b2=b2, alpha=alpha, tau_decay=tau_decay,
+            b1_min=b1_min, fallback_threshold=fallback_threshold))
+
+
+# --- STAMLite ---------------------------------------------------------------------
+
+def lite_spec(res_energy: jax.Array, sums: tuple[()], size: jax.Array, b: jax.Array,
+              a_hat: jax.Array, b_hat: jax.Array, *, eps: Any, b1_base: Any, alpha: Any,
+              b1_min: Any) -> tuple[jax.Array, jax.Array]:
+    """STAMLite's "spec" rule, from its bias-corrected moments â and b̂ alone::
+
+      z    = max(b̂ − â², 0) / (b̂ + eps);   s = z / (1 + z)
+      cand = clip(b1_base·(1 − α·s), b1_min, b1_base)    (b1_base if not finite)
+
+    Returns P (unchanged) and the candidate β₁.
+    """
+    s = spec_score(lite_spec_ratio(a_hat, b_hat, eps))
+    cand = beta1_of_score(s, b1_base, alpha, b1_min)
+    return res_energy, jnp.where(jnp.isfinite(cand), cand, b1_base)
+
+
+def lite_energy(res_energy: jax.Array, sums: tuple[jax.Array], size: jax.Array, b: jax.Array,
+                a_hat: jax.Array, b_hat: jax.Array, *, rho: Any, b1_base: Any, alpha: Any,
+                b1_min: Any) -> tuple[jax.Array, jax.Array]:
+    """STAMLite's "energy" rule; `sums` is the per-tensor `(Σr²,)`, and its own
+    (already updated) `b` serves as Q::
+
+      P    = ρ·P + (1−ρ)·mean(r²)
+      z    = P / max(b, tiny);   s = min(z, 1)      # = P̂/b̂ (same decay, same start)
+      cand = clip(b1_base·(1 − α·s), b1_min, b1_base)   (b1_base if z is not finite)
+
+    Returns the new P and the candidate β₁.
+    """
+    (sum_r2,) = sums
+    mean_r2 = sum_r2 / size
     res_energy = rho * res_energy + (1 - rho) * mean_r2
-    return res_energy, energy_beta1(energy_ratio(res_energy, b), b1_base, alpha, b1_min)
+    z = energy_ratio(res_energy, b)
+    cand = beta1_of_score(energy_score(z), b1_base, alpha, b1_min)
+    return res_energy, jnp.where(jnp.isfinite(z), cand, b1_base)
 
+
+class LiteRule(NamedTuple):
+    """A β₁ rule of STAMLite: `terms(g, μ)`, the per-entry terms whose per-tensor
+    sums it reads beyond STAMLite's moments (none: it does not read μ), and
+    `step(P, sums, size, b, â, b̂) -> (P, candidate β₁)`."""
+
+    terms: tuple[Callable[[jax.Array, jax.Array], jax.Array], ...]
+    step: Callable[..., tuple[jax.Array, jax.Array]]
+
+
+def lite_rule(signal: str, *, eps: Any, rho: Any, b1_base: Any, alpha: Any,
+              b1_min: Any) -> LiteRule:
+    """STAMLite's rule for `signal`, with its hyperparameters bound."""
+    if check_signal(signal) == "energy":
+        return LiteRule((residual_square,), functools.partial(
+                lite_energy, rho=rho, b1_base=b1_base, alpha=alpha, b1_min=b1_min))
+    return LiteRule((), functools.partial(
+            lite_spec, eps=eps, b1_base=b1_base, alpha=alpha, b1_min=b1_min))
+
+
+# --- logging ----------------------------------------------------------------------
 
 def state_terms(state: Any, signal: str = "spec", moment_decay: float = 0.99,
                 eps: float = 1e-8) -> tuple[jax.Array, jax.Array]:
@@ -110,11 +280,10 @@ def state_terms(state: Any, signal: str = "spec", moment_decay: float = 0.99,
     if signal == "energy":
         q = state.grad_energy if hasattr(state, "grad_energy") else state.b
         z = energy_ratio(state.res_energy, q)
-        return z, jnp.minimum(z, 1.0)
+        return z, energy_score(z)
     if hasattr(state, "sigma2"):
-        z = state.sigma2 / (state.tau**2 + 1e-8)
+        z = stam_spec_ratio(state.sigma2, state.tau)
     else:
         bias = 1 - moment_decay ** state.count.astype(state.a.dtype)
-        a_hat, b_hat = state.a / bias, state.b / bias
-        z = jnp.maximum(b_hat - a_hat**2, 0) / (b_hat + eps)
-    return z, z / (1 + z)
+        z = lite_spec_ratio(state.a / bias, state.b / bias, eps)
+    return z, spec_score(z)

@@ -52,7 +52,8 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
-from stam_optimizer import quantize as qz
+from stam_optimizer.blockwise import QuantizedArray, codes_spec
+from stam_optimizer.state_sharding import scales_spec
 
 EXTRA_HINT = ("stam_optimizer.checkpoint needs orbax-checkpoint, an optional extra: "
               "pip install 'stam-optimizer[checkpoint]' (or pip install orbax-checkpoint)")
@@ -84,19 +85,19 @@ def _replicated(params: Any) -> Sharding:
     return SingleDeviceSharding(jax.devices()[0])
 
 
-def _quantized_shardings(q: qz.QuantizedArray, param_sharding: Sharding | None,
+def _quantized_shardings(q: QuantizedArray, param_sharding: Sharding | None,
                          param_shape: tuple[int, ...],
-                         replicated: Sharding) -> qz.QuantizedArray:
+                         replicated: Sharding) -> QuantizedArray:
     """Shardings of the codes (..., n_blocks, block) and scales (..., n_blocks) of one
     int8 μ: the param's spec on the leading axes; its last-axis entry on the block
     axis when the blocks tile every shard, else replicated along it (as
     `quantize.codes_spec` places a fresh state)."""
     if not isinstance(param_sharding, NamedSharding) or param_sharding.is_fully_replicated:
-        return qz.QuantizedArray(replicated, replicated)
+        return QuantizedArray(replicated, replicated)
     mesh = param_sharding.mesh
-    codes = qz.codes_spec(param_sharding.spec, mesh, param_shape, blocks=q.codes.shape[-2:])
-    return qz.QuantizedArray(NamedSharding(mesh, codes),
-                             NamedSharding(mesh, qz.scales_spec(codes, len(param_shape))))
+    codes = codes_spec(param_sharding.spec, mesh, param_shape, blocks=q.codes.shape[-2:])
+    return QuantizedArray(NamedSharding(mesh, codes),
+                             NamedSharding(mesh, scales_spec(codes, len(param_shape))))
 
 
 def state_shardings(opt: optax.GradientTransformation, params: Any) -> Any:
@@ -116,7 +117,7 @@ def state_shardings(opt: optax.GradientTransformation, params: Any) -> Any:
     replicated = _replicated(params)
 
     def like_param(leaf: Any, param: Any) -> Any:
-        if isinstance(leaf, qz.QuantizedArray):
+        if isinstance(leaf, QuantizedArray):
             return _quantized_shardings(leaf, _sharding_of(param), tuple(param.shape),
                                         replicated)
         s = _sharding_of(param)
@@ -127,7 +128,7 @@ def state_shardings(opt: optax.GradientTransformation, params: Any) -> Any:
     return optax.tree_map_params(
         opt, like_param, abstract, params,
         transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, (qz.QuantizedArray, jax.ShapeDtypeStruct)))
+        is_leaf=lambda x: isinstance(x, (QuantizedArray, jax.ShapeDtypeStruct)))
 
 
 def abstract_state(opt: optax.GradientTransformation, params: Any) -> Any:

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stam_optimizer import _common as c
+from stam_optimizer._common import is_boxed, unbox
 from stam_optimizer.adams import ScaleByAdamsState
-from stam_optimizer.quantize import QuantizedArray
+from stam_optimizer.blockwise import QuantizedArray
 from stam_optimizer.stam import ScaleByStamState
 from stam_optimizer.stam_lite import ScaleByStamLiteState
 
@@ -19,8 +19,8 @@ _STATES = (ScaleByStamState, ScaleByStamLiteState)
 _COUNTED = (ScaleByStamState, ScaleByStamLiteState, ScaleByAdamsState)
 
 
-_is_boxed = c.is_boxed
-_unbox = c.unbox
+_is_boxed = is_boxed
+_unbox = unbox
 
 
 def find_states(opt_state: Any) -> list[ScaleByStamState | ScaleByStamLiteState]:

@@ -5,7 +5,7 @@ the gradient against the old momentum is summarised by two running scalars: a
 variance proxy σ² and a scale τ. Their ratio σ²/τ² maps to a score s ∈ [0, 1)
 that lowers β₁. The ratio measures the *shape* of the residual's distribution
 (≈ π/2 for Gaussian residuals, more for heavy tails), not its size: with the
-SPEC signal more noise first raises β₁ and less noise lowers it (measured in
+default ("spec") signal more noise first raises β₁ and less noise lowers it (measured in
 docs/signal.md). `signal="energy"` selects a signal that lowers β₁ when the
 residual carries more of the gradient's energy (see `beta1_signal`).
 """
@@ -18,9 +18,32 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stam_optimizer import _common as c
-from stam_optimizer import _reductions as red
-from stam_optimizer import beta1_signal as sig
+from stam_optimizer import beta1_signal
+from stam_optimizer._common import (
+    count_flagged,
+    keep_where_empty,
+    leaf_sizes,
+    one_minus_pow,
+    sanitize,
+    stat_dtype,
+    vector,
+    with_decay_and_lr,
+    zeros_like_tree,
+)
+from stam_optimizer._reductions import tensor_sums
+from stam_optimizer._storage import saturating_cast, store_and_read
+from stam_optimizer._validation import (
+    FLOAT_STATE_DTYPES,
+    as_arrays,
+    check_b1_min,
+    check_learning_rate,
+    check_range,
+    check_real,
+    check_unit_open,
+    check_weight_decay,
+    grad_leaves,
+    resolve_dtype,
+)
 
 
 class ScaleByStamState(NamedTuple):
@@ -63,14 +86,14 @@ class ScaleByStamState(NamedTuple):
 
 
 def _validate(b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold, b1_min):
-    c.check_unit_open("b1_base", b1_base)
-    c.check_unit_open("b2", b2)
-    c.check_range("eps", eps, 0.0)
-    c.check_range("adapt_strength", adapt_strength, 0.0, 0.5, high_open=False)
-    c.check_unit_open("tau_decay", tau_decay)
-    c.check_range("fallback_threshold", fallback_threshold, 0.0, low_open=True)
+    check_unit_open("b1_base", b1_base)
+    check_unit_open("b2", b2)
+    check_range("eps", eps, 0.0)
+    check_range("adapt_strength", adapt_strength, 0.0, 0.5, high_open=False)
+    check_unit_open("tau_decay", tau_decay)
+    check_range("fallback_threshold", fallback_threshold, 0.0, low_open=True)
     if b1_min is not None:
-        c.check_b1_min(b1_min, b1_base)
+        check_b1_min(b1_min, b1_base)
 
 
 def scale_by_stam(
@@ -139,90 +162,79 @@ def scale_by_stam(
       Regularization" (2019) for the AdamW part.
     """
     _validate(b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold, b1_min)
-    energy = sig.check_signal(signal) == "energy"
-    mu_dtype = c.resolve_dtype("mu_dtype", mu_dtype, c.FLOAT_STATE_DTYPES)
+    beta1_signal.check_signal(signal)
+    mu_dtype = resolve_dtype("mu_dtype", mu_dtype, FLOAT_STATE_DTYPES)
     alpha = adapt_strength
     if b1_min is None:
-        b1_min = c.default_b1_min(b1_base, alpha)
+        b1_min = beta1_signal.default_b1_min(b1_base, alpha)
+    rule = beta1_signal.stam_rule(signal, b1_base=b1_base, b2=b2, alpha=alpha,
+                                  tau_decay=tau_decay, b1_min=b1_min,
+                                  fallback_threshold=fallback_threshold)
 
     def init_fn(params):
-        params = c.as_arrays(params)
-        c.check_real("scale_by_stam", params)
+        params = as_arrays(params)
+        check_real("scale_by_stam", params)
         leaves = jax.tree.leaves(params)
-        n, dt = len(leaves), c.stat_dtype(leaves)
+        n, dt = len(leaves), stat_dtype(leaves)
         return ScaleByStamState(
             count=jnp.zeros([], jnp.int32),
-            mu=c.zeros_like_tree(params, mu_dtype),
-            nu=c.zeros_like_tree(params, mu_dtype),
-            sigma2=c.vector(n, 0.0, dt, leaves),
-            tau=c.vector(n, 0.0, dt, leaves),
-            beta1=c.vector(n, b1_base, dt, leaves),
-            beta1_prod=c.vector(n, 1.0, dt, leaves),
-            nonfinite=c.vector(n, 0, jnp.int32, leaves),
-            res_energy=c.vector(n, 0.0, dt, leaves),
-            grad_energy=c.vector(n, 0.0, dt, leaves),
+            mu=zeros_like_tree(params, mu_dtype),
+            nu=zeros_like_tree(params, mu_dtype),
+            sigma2=vector(n, 0.0, dt, leaves),
+            tau=vector(n, 0.0, dt, leaves),
+            beta1=vector(n, b1_base, dt, leaves),
+            beta1_prod=vector(n, 1.0, dt, leaves),
+            nonfinite=vector(n, 0, jnp.int32, leaves),
+            res_energy=vector(n, 0.0, dt, leaves),
+            grad_energy=vector(n, 0.0, dt, leaves),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args  # accepted as optax's transformations do (e.g. value=loss)
-        treedef, gs = c.grad_leaves(updates, state.mu)
-        c.check_real("scale_by_stam", gs)
+        treedef, gs = grad_leaves(updates, state.mu)
+        check_real("scale_by_stam", gs)
         mus, nus = treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
         t, dt = state.count, state.sigma2.dtype
-        # Tensor statistics of r = g − μ: one fused pass per sum and tensor.
-        second = (lambda g, m: g**2) if energy else (lambda g, m: jnp.abs(g - m))
-        (sum_r2, sum_2), gs_in, (mus,), flagged = red.tensor_sums(
-            (lambda g, m: (g - m) ** 2, second), gs, [mus], dt)
-        size, nonempty = c.leaf_sizes(gs, dt)
-        sigma2, tau = state.sigma2, state.tau
-        res_energy, grad_energy = state.res_energy, state.grad_energy
-        if energy:  # the energy signal (beta1_signal), all tensors at once
-            res_energy, grad_energy, beta1 = sig.energy_stam(
-                res_energy, grad_energy, sum_r2 / size, sum_2 / size, tau_decay, b1_base,
-                alpha, b1_min)
-            beta1 = beta1.astype(dt)
-            res_energy = c.keep_where_empty(nonempty, res_energy, state.res_energy)
-            grad_energy = c.keep_where_empty(nonempty, grad_energy, state.grad_energy)
-        else:  # the scalar rules of docs/math.md, for all tensors at once (leaf order)
-            sigma2 = b2 * state.sigma2 + (1 - b2) * sum_r2 / size
-            tau = tau_decay * state.tau + (1 - tau_decay) * sum_2 / size
-            z = sigma2 / (tau**2 + c.TAU_EPS)
-            s = z / (1 + z)
-            beta1 = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
-            fallback = ~jnp.isfinite(sigma2) | (
-                sigma2 >= fallback_threshold * (tau**2 + c.TAU_EPS))
-            beta1 = jnp.where(fallback | ~jnp.isfinite(beta1), b1_base, beta1).astype(dt)
+        # The sums of the signal's terms of (g, μ) per tensor: one fused pass each.
+        summed = tensor_sums(rule.terms, gs, [mus], dt)
+        size, nonempty = leaf_sizes(gs, dt)
+        # The scalar rules of docs/math.md, for all tensors at once (leaf order).
+        old = beta1_signal.StamStats(state.sigma2, state.tau, state.res_energy,
+                                     state.grad_energy)
+        stats, beta1 = rule.step(old, summed.sums, size)
+        beta1 = beta1.astype(dt)
         prod = state.beta1_prod * beta1
-        sigma2, tau, beta1, prod = (
-            c.keep_where_empty(nonempty, new, old) for new, old in
-            ((sigma2, state.sigma2), (tau, state.tau), (beta1, state.beta1),
-             (prod, state.beta1_prod)))
-        nu_bias = c.one_minus_pow(b2, t + 1, dt)
+        stats = beta1_signal.StamStats(*(keep_where_empty(nonempty, new, before)
+                                         for new, before in zip(stats, old)))
+        beta1, prod = (keep_where_empty(nonempty, new, before) for new, before in
+                       ((beta1, state.beta1), (prod, state.beta1_prod)))
+        nu_bias = one_minus_pow(b2, t + 1, dt)
 
         # 1/(1−Π) per tensor: a scalar divide inside the loop would become a
         # separate small kernel per tensor.
         inv_mu_bias = 1 / (1 - prod)
 
         def leaf_update(g, mu, nu, beta1, inv_mu_bias):
-            g = c.sanitize(g, dt)
-            mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
+            g = sanitize(g, dt)
+            mu, mu_hat = store_and_read(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype, dt)
+            mu_hat = mu_hat * inv_mu_bias  # the stored μ
             new_nu = b2 * nu.astype(dt) + (1 - b2) * g**2
-            mu_hat = red.read_back(mu, dt) * inv_mu_bias  # the stored μ (see red.read_back)
-            stored_nu = c.store(new_nu, nu.dtype)
             # A float16 ν is used before storage, which would flush small g² to
-            # 0; a bfloat16 one is read back like μ: used before storage, the
-            # float32 ν would be one more param-sized temporary.
+            # 0; a bfloat16 one is used as stored, like μ: used before storage,
+            # the float32 ν would be one more param-sized temporary.
             if nu.dtype == jnp.bfloat16:
-                new_nu = red.read_back(stored_nu, dt)
+                stored_nu, new_nu = store_and_read(new_nu, nu.dtype, dt)
+            else:
+                stored_nu = saturating_cast(new_nu, nu.dtype)
             nu_hat = new_nu / nu_bias
             u = mu_hat / (jnp.sqrt(nu_hat) + eps)
             return u, mu, stored_nu
 
-        us, (mus, nus) = c.map_leaves(leaf_update, gs_in, [mus, nus], (beta1, inv_mu_bias))
+        us, (mus, nus) = summed.map_leaves(leaf_update, [nus], (beta1, inv_mu_bias))
         new_state = ScaleByStamState(optax.safe_increment(t), treedef.unflatten(mus),
-                                     treedef.unflatten(nus), sigma2, tau, beta1, prod,
-                                     c.count_flagged(state.nonfinite, flagged),
-                                     res_energy, grad_energy)
+                                     treedef.unflatten(nus), stats.sigma2, stats.tau, beta1,
+                                     prod, count_flagged(state.nonfinite, summed.flagged),
+                                     stats.res_energy, stats.grad_energy)
         return treedef.unflatten(us), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -265,9 +277,9 @@ def stam(
       >>> updates, state = opt.update(grads, state, params)
       >>> params = optax.apply_updates(params, updates)
     """
-    c.check_learning_rate(learning_rate)
-    c.check_weight_decay(weight_decay)
-    return c.with_decay_and_lr(
+    check_learning_rate(learning_rate)
+    check_weight_decay(weight_decay)
+    return with_decay_and_lr(
         scale_by_stam(b1_base, b2, eps, adapt_strength, tau_decay, fallback_threshold,
                       b1_min, mu_dtype, signal),
         learning_rate, weight_decay, mask,

@@ -5,7 +5,7 @@ means of g and g²) replace both STAM's residual statistics and Adam's
 per-element second moment: the optimizer keeps a single param-shaped buffer μ,
 which may be stored in a low-precision dtype.
 
-The SPEC signal `z = (b̂ − â²)/b̂` compares the spread of a tensor's entries with
+The default ("spec") signal `z = (b̂ − â²)/b̂` compares the spread of a tensor's entries with
 their mean square: it is ≈ 1 unless the entries share one sign, so β₁ stays near
 `b1_base·(1 − α/2)` whatever the gradient noise does (measured in
 docs/signal.md). `signal="energy"` selects a signal that follows the residual
@@ -20,10 +20,41 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stam_optimizer import _common as c
-from stam_optimizer import _reductions as red
-from stam_optimizer import beta1_signal as sig
-from stam_optimizer import quantize as qz
+from stam_optimizer import beta1_signal, blockwise, square_int8
+from stam_optimizer._common import (
+    count_flagged,
+    is_boxed,
+    keep_where_empty,
+    leaf_sizes,
+    one_minus_pow,
+    sanitize,
+    stat_dtype,
+    unbox,
+    vector,
+    with_decay_and_lr,
+    zeros_like_tree,
+)
+from stam_optimizer._reductions import tensor_sums
+from stam_optimizer._storage import store_and_read
+from stam_optimizer._validation import (
+    FLOAT_STATE_DTYPES,
+    as_arrays,
+    check_b1_min,
+    check_bool,
+    check_interval_int,
+    check_learning_rate,
+    check_number,
+    check_range,
+    check_real,
+    check_unit_open,
+    check_weight_decay,
+    grad_leaves,
+    resolve_dtype,
+)
+from stam_optimizer.blockwise import QuantizedArray
+
+# The storage format of an int8 μ (see `square_int8`).
+MOMENTUM_CODEC = square_int8.CODEC
 
 
 class ScaleByStamLiteState(NamedTuple):
@@ -61,22 +92,22 @@ class ScaleByStamLiteState(NamedTuple):
 
 
 def _validate(b1_base, eps, adapt_strength, moment_decay, beta1_update_interval, b1_min):
-    c.check_unit_open("b1_base", b1_base)
-    c.check_range("eps", eps, 0.0)
-    c.check_range("adapt_strength", adapt_strength, 0.0, 0.5, high_open=False)
-    c.check_unit_open("moment_decay", moment_decay)
-    c.check_interval_int("beta1_update_interval", beta1_update_interval)
+    check_unit_open("b1_base", b1_base)
+    check_range("eps", eps, 0.0)
+    check_range("adapt_strength", adapt_strength, 0.0, 0.5, high_open=False)
+    check_unit_open("moment_decay", moment_decay)
+    check_interval_int("beta1_update_interval", beta1_update_interval)
     if b1_min is not None:
-        c.check_b1_min(b1_min, b1_base)
+        check_b1_min(b1_min, b1_base)
 
 
 def _as_quantized(mu: Any) -> Any:
     """A quantised μ leaf as `QuantizedArray`, also when a container (such as
     `flax.nnx.Optimizer`, which stores it back as a mapping) rebuilt it."""
-    if isinstance(mu, qz.QuantizedArray) or isinstance(mu, jax.Array):
+    if isinstance(mu, QuantizedArray) or isinstance(mu, jax.Array):
         return mu
-    if hasattr(mu, "keys") and set(mu.keys()) == set(qz.QuantizedArray._fields):
-        return qz.QuantizedArray(*(c.unbox(mu[f]) for f in qz.QuantizedArray._fields))
+    if hasattr(mu, "keys") and set(mu.keys()) == set(QuantizedArray._fields):
+        return QuantizedArray(*(unbox(mu[f]) for f in QuantizedArray._fields))
     return mu
 
 
@@ -85,41 +116,40 @@ def _init_momentum(params: Any, dtype: jnp.dtype, quantize_mask: Any, min_quanti
     """μ = 0, param-shaped in `dtype`; with int8, a `QuantizedArray` for every
     tensor the mask allows with at least `min_quantized_size` elements."""
     if dtype != jnp.int8:
-        return c.zeros_like_tree(params, dtype)
+        return zeros_like_tree(params, dtype)
     mask = quantize_mask(params) if callable(quantize_mask) else quantize_mask
-    mask = jax.tree.map(lambda _: True, params, is_leaf=c.is_boxed) if mask is None else mask
+    mask = jax.tree.map(lambda _: True, params, is_leaf=is_boxed) if mask is None else mask
 
     def leaf(p, m):
         # A flax Variable's sharding metadata fits the param, not the codes:
         # a quantised leaf is returned unboxed.
-        x = c.unbox(p)
+        x = unbox(p)
         if m and x.ndim and x.size and x.size >= min_quantized_size:
-            return qz.zeros_like(x, block_size)
+            return blockwise.zeros_like(x, MOMENTUM_CODEC, block_size)
         return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=jnp.float32), p)
 
-    return jax.tree.map(leaf, params, mask, is_leaf=c.is_boxed)
+    return jax.tree.map(leaf, params, mask, is_leaf=is_boxed)
 
 
-def _spec_beta1(a_hat, b_hat, eps, b1_base, alpha, b1_min):
-    """The SPEC signal of STAMLite: `z = max(b̂ − â², 0)/(b̂ + eps)`, `s = z/(1+z)`,
-    `β₁ = clip(b1_base·(1 − α·s), b1_min, b1_base)` (b1_base if not finite)."""
-    var = jnp.maximum(b_hat - a_hat**2, 0)
-    z = var / (b_hat + eps)
-    s = z / (1 + z)
-    cand = jnp.clip(b1_base * (1 - alpha * s), b1_min, b1_base)
-    return jnp.where(jnp.isfinite(cand), cand, b1_base)
+def _mean_term(g: jax.Array, *_: jax.Array) -> jax.Array:
+    """The term of `a`: g."""
+    return g
+
+
+def _square_term(g: jax.Array, *_: jax.Array) -> jax.Array:
+    """The term of `b`: g²."""
+    return g**2
 
 
 def _leaf_update(g, mu, beta1, factor, index, t, step_key, dt):
     """One tensor: `μ ← β₁·μ + (1−β₁)·g` (stored in μ's dtype, or int8 codes)
     and the direction `u = μ·factor`, from the stored μ."""
-    if isinstance(mu, qz.QuantizedArray):  # int8: decode, mix, re-encode
+    if isinstance(mu, QuantizedArray):  # int8: decode, mix, re-encode
         key = None if step_key is None else jax.random.fold_in(step_key, index)
-        mu = qz.momentum_update(mu, g, beta1, t, key, dt)
-        return qz.dequantize(mu, g.shape).astype(dt) * factor, mu
-    g = c.sanitize(g, dt)
-    mu = c.store(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype)
-    stored = red.read_back(mu, dt)  # the stored μ (see red.read_back)
+        mu = square_int8.momentum_update(mu, g, beta1, t, key, dt)
+        return blockwise.dequantize(mu, g.shape, MOMENTUM_CODEC).astype(dt) * factor, mu
+    g = sanitize(g, dt)
+    mu, stored = store_and_read(beta1 * mu.astype(dt) + (1 - beta1) * g, mu.dtype, dt)
     return stored * factor, mu
 
 
@@ -217,67 +247,61 @@ def scale_by_stam_lite(
       >>> state = tx.init({"w": jnp.zeros(3)})
     """
     _validate(b1_base, eps, adapt_strength, moment_decay, beta1_update_interval, b1_min)
-    dtype = c.resolve_dtype("state_dtype", state_dtype, (*c.FLOAT_STATE_DTYPES, "int8"))
+    dtype = resolve_dtype("state_dtype", state_dtype, (*FLOAT_STATE_DTYPES, "int8"))
     quantized = dtype == jnp.int8
-    energy = sig.check_signal(signal) == "energy"
-    if energy and quantized:
+    if beta1_signal.check_signal(signal) == "energy" and quantized:
         raise ValueError("signal='energy' needs a float state_dtype (float32, bfloat16 or "
                          "float16), got state_dtype='int8'")
-    c.check_interval_int("block_size", block_size)
-    c.check_range("min_quantized_size", min_quantized_size, 0.0)
-    c.check_bool("stochastic_rounding", stochastic_rounding)
-    c.check_number("seed", seed)
+    check_interval_int("block_size", block_size)
+    check_range("min_quantized_size", min_quantized_size, 0.0)
+    check_bool("stochastic_rounding", stochastic_rounding)
+    check_number("seed", seed)
     alpha, rho, k = adapt_strength, moment_decay, beta1_update_interval
     if b1_min is None:
-        b1_min = c.default_b1_min(b1_base, alpha)
+        b1_min = beta1_signal.default_b1_min(b1_base, alpha)
+    rule = beta1_signal.lite_rule(signal, eps=eps, rho=rho, b1_base=b1_base, alpha=alpha,
+                                  b1_min=b1_min)
 
     def init_fn(params):
-        params = c.as_arrays(params)
-        c.check_real("scale_by_stam_lite", params)
+        params = as_arrays(params)
+        check_real("scale_by_stam_lite", params)
         leaves = jax.tree.leaves(params)
-        n, dt = len(leaves), c.stat_dtype(leaves)
+        n, dt = len(leaves), stat_dtype(leaves)
         return ScaleByStamLiteState(
             count=jnp.zeros([], jnp.int32),
             mu=_init_momentum(params, dtype, quantize_mask, min_quantized_size, block_size),
-            a=c.vector(n, 0.0, dt, leaves),
-            b=c.vector(n, 0.0, dt, leaves),
-            beta1=c.vector(n, b1_base, dt, leaves),
-            beta1_prod=c.vector(n, 1.0, dt, leaves),
-            nonfinite=c.vector(n, 0, jnp.int32, leaves),
-            res_energy=c.vector(n, 0.0, dt, leaves),
+            a=vector(n, 0.0, dt, leaves),
+            b=vector(n, 0.0, dt, leaves),
+            beta1=vector(n, b1_base, dt, leaves),
+            beta1_prod=vector(n, 1.0, dt, leaves),
+            nonfinite=vector(n, 0, jnp.int32, leaves),
+            res_energy=vector(n, 0.0, dt, leaves),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args  # accepted as optax's transformations do (e.g. value=loss)
-        treedef, gs = c.grad_leaves(updates, state.mu, params)
-        c.check_real("scale_by_stam_lite", gs)
+        treedef, gs = grad_leaves(updates, state.mu, params)
+        check_real("scale_by_stam_lite", gs)
         mus = [_as_quantized(mu) for mu in treedef.flatten_up_to(state.mu)]
         t, dt = state.count, state.a.dtype
-        # Tensor moments of g: one fused pass per sum and tensor.
-        res_energy = state.res_energy
-        if energy:  # the energy signal also needs mean((g − μ)²)
-            (sum_g, sum_g2, sum_r2), gs_in, (mus,), flagged = red.tensor_sums(
-                (lambda g, m: g, lambda g, m: g**2, lambda g, m: (g - m) ** 2), gs, [mus], dt)
-        else:
-            (sum_g, sum_g2), gs_in, (), flagged = red.tensor_sums(
-                (lambda g: g, lambda g: g**2), gs, [], dt)
-        size, nonempty = c.leaf_sizes(gs, dt)
+        # The sums of g and g² per tensor, and of the rule's terms of (g, μ): one
+        # fused pass each. μ joins the pass only when the rule reads it.
+        read, unread = ([mus], []) if rule.terms else ([], [mus])
+        summed = tensor_sums((_mean_term, _square_term, *rule.terms), gs, read, dt)
+        sum_g, sum_g2, *rule_sums = summed.sums
+        size, nonempty = leaf_sizes(gs, dt)
         # The scalar rules of docs/math.md, for all tensors at once (vectors in leaf order).
         a = rho * state.a + (1 - rho) * sum_g / size
         b = rho * state.b + (1 - rho) * sum_g2 / size
-        bias = c.one_minus_pow(rho, t + 1, dt)
+        bias = one_minus_pow(rho, t + 1, dt)
         a_hat, b_hat = a / bias, b / bias
-        if energy:  # beta1_signal: z = P / b, s = min(z, 1)
-            res_energy, cand = sig.energy_lite(res_energy, b, sum_r2 / size, rho, b1_base,
-                                               alpha, b1_min)
-            res_energy = c.keep_where_empty(nonempty, res_energy, state.res_energy)
-        else:
-            cand = _spec_beta1(a_hat, b_hat, eps, b1_base, alpha, b1_min)
+        res_energy, cand = rule.step(state.res_energy, tuple(rule_sums), size, b, a_hat, b_hat)
+        res_energy = keep_where_empty(nonempty, res_energy, state.res_energy)
         refresh = t % jnp.asarray(k, jnp.int32) == 0  # lazy β₁: every k steps
         beta1 = jnp.where(refresh, cand, state.beta1).astype(dt)
         prod = state.beta1_prod * beta1
         a, b, beta1, prod = (
-            c.keep_where_empty(nonempty, new, old) for new, old in
+            keep_where_empty(nonempty, new, old) for new, old in
             ((a, state.a), (b, state.b), (beta1, state.beta1), (prod, state.beta1_prod)))
         rms = jnp.sqrt(jnp.maximum(b_hat, 0)) + eps
 
@@ -292,10 +316,11 @@ def scale_by_stam_lite(
             return _leaf_update(g, mu, beta1, factor, index, t, step_key, dt)
 
         index = jnp.arange(len(gs), dtype=jnp.int32)
-        us, (mus,) = c.map_leaves(leaf_update, gs_in, [mus], (beta1, factor, index))
+        us, (mus,) = summed.map_leaves(leaf_update, unread, (beta1, factor, index))
         new_state = ScaleByStamLiteState(optax.safe_increment(t), treedef.unflatten(mus),
                                          a, b, beta1, prod,
-                                         c.count_flagged(state.nonfinite, flagged), res_energy)
+                                         count_flagged(state.nonfinite, summed.flagged),
+                                         res_energy)
         return treedef.unflatten(us), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -343,9 +368,9 @@ def stam_lite(
       >>> state = opt.init(params)
       >>> updates, state = opt.update(jax.tree.map(jnp.ones_like, params), state, params)
     """
-    c.check_learning_rate(learning_rate)
-    c.check_weight_decay(weight_decay)
-    return c.with_decay_and_lr(
+    check_learning_rate(learning_rate)
+    check_weight_decay(weight_decay)
+    return with_decay_and_lr(
         scale_by_stam_lite(b1_base, eps, adapt_strength, moment_decay,
                            beta1_update_interval, state_dtype, b1_min,
                            block_size=block_size, min_quantized_size=min_quantized_size,

@@ -1,4 +1,4 @@
-"""AdamS against the float64 NumPy reference of SPEC.md."""
+"""AdamS against the float64 NumPy reference of docs/math.md (section AdamS)."""
 
 import jax
 import jax.numpy as jnp

@@ -33,8 +33,7 @@ if __name__ == "__main__":  # worker process: import the package of this tree
     sys.path.insert(0, str(ROOT))
 
 import stam_optimizer as so  # noqa: E402
-from stam_optimizer import checkpoint  # noqa: E402
-from stam_optimizer import quantize as qz  # noqa: E402
+from stam_optimizer import checkpoint, quantize  # noqa: E402
 
 K, M = 3, 3  # steps before the checkpoint, steps after it
 LR = 1e-2
@@ -225,8 +224,8 @@ def test_state_shardings_follow_params():
         assert vec == rep
     (lite,) = so.find_states(checkpoint.state_shardings(_int8(), params))
     along = NamedSharding(mesh, P("fsdp"))  # the blocks axis, as the params' first axis
-    assert lite.mu["w"] == qz.QuantizedArray(along, along)
-    assert lite.mu["c"] == qz.QuantizedArray(rep, rep)  # not sharded along axis 0
+    assert lite.mu["w"] == quantize.QuantizedArray(along, along)
+    assert lite.mu["c"] == quantize.QuantizedArray(rep, rep)  # not sharded along axis 0
     assert lite.mu["b"] == params["b"].sharding  # under min_quantized_size: float32
     assert lite.a == rep
 

@@ -10,7 +10,7 @@ import pytest
 from optimizers_under_test import ALIASES, alias
 
 import stam_optimizer as so
-from stam_optimizer import _reductions as red
+from stam_optimizer import _reductions
 
 # The shared list at lr 1e-3, int8 at its default min_quantized_size (the
 # configuration whose compiled update the speed figures describe).
@@ -49,9 +49,9 @@ def test_donated_update_needs_no_param_sized_temporary(name):
     # no param-sized buffer (the NaN path held one: 4 bytes per parameter).
     params = {"w": jnp.ones((1024, 1024)), "v": jnp.ones((1024, 2048)), "b": jnp.ones((7,))}
     stats = _compiled_update(name, params, donate=True).memory_analysis()
-    bound = 4 * red.SANITIZE_CHUNK + 64 * 1024
+    bound = 4 * _reductions.SANITIZE_CHUNK + 64 * 1024
     if name.endswith("_energy"):  # its NaN path holds two sanitised chunks, not one
-        bound += 4 * red.SANITIZE_CHUNK
+        bound += 4 * _reductions.SANITIZE_CHUNK
     if name == "stam_lite_int8":  # block maxima in two stages: 16 int32 per block
         bound += 16 * 4 * (1024 * 2048 // 256)  # of the largest leaf (1/4 B per element)
     assert stats.temp_size_in_bytes <= bound, stats.temp_size_in_bytes

@@ -50,3 +50,27 @@ def test_code_and_readme_cite_the_math_page_not_spec(path, section):
     if section:
         assert f"Implements the {section} section of docs/math.md" in text
         assert f"## {section}\n" in MATH.read_text()
+
+
+def _own_text_files():
+    """The repository's Python and Markdown files (not generated results or virtualenvs)."""
+    for path in sorted(ROOT.rglob("*")):
+        rel = path.relative_to(ROOT)
+        if path.suffix in (".py", ".md") and path.is_file() and not any(
+                part.startswith(".") or part in ("results", "site") for part in rel.parts):
+            yield rel, path.read_text(encoding="utf-8", errors="replace")
+
+
+def test_nothing_cites_a_spec_file_that_the_repository_lacks():
+    assert not (ROOT / "SPEC.md").exists()
+    citing = [str(rel) for rel, text in _own_text_files()
+              if "SPEC.md" in text and rel != Path("tests/test_docs_math.py")]
+    assert citing == []
+
+
+def test_every_cited_tool_exists():
+    cited = {(str(rel), tool) for rel, text in _own_text_files()
+             for tool in re.findall(r"\btools/[\w/]+\.py\b", text)}
+    assert cited and all(tool for _, tool in cited)
+    missing = sorted((where, tool) for where, tool in cited if not (ROOT / tool).exists())
+    assert missing == []

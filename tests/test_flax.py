@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 from optimizers_under_test import ADAPTIVE, ALIASES, alias
 
 import stam_optimizer as so
-from stam_optimizer import quantize as qz
+from stam_optimizer import quantize
 
 
 class MLP(nnx.Module):
@@ -137,9 +137,9 @@ def test_nnx_tree_map_params_and_masked(name):
 
 def _quantized(leaf):
     """An int8 μ leaf as QuantizedArray (nnx may hand it back as a mapping)."""
-    if isinstance(leaf, qz.QuantizedArray):
+    if isinstance(leaf, quantize.QuantizedArray):
         return leaf
-    return qz.QuantizedArray(leaf["codes"], leaf["scales"])
+    return quantize.QuantizedArray(leaf["codes"], leaf["scales"])
 
 
 def _per_device_fraction(arr):

@@ -9,7 +9,7 @@ from helpers import gradient_stream, make_params
 from optimizers_under_test import ALIASES
 
 import stam_optimizer as so
-from stam_optimizer import _reductions as red
+from stam_optimizer import _reductions
 
 FACTORIES = ALIASES  # the shared list (tests/optimizers_under_test.py)
 
@@ -167,7 +167,7 @@ def test_non_finite_gradient_entries_never_reach_the_state(name):
     tx = FACTORIES[name]()
     # "big" is summed on its own in the recovery path, in one chunk of
     # SANITIZE_CHUNK elements and a tail (a NaN in each), the small leaves together.
-    assert 300 * 256 // red.SANITIZE_CHUNK == 1 and 300 * 256 % red.SANITIZE_CHUNK
+    assert 300 * 256 // _reductions.SANITIZE_CHUNK == 1 and 300 * 256 % _reductions.SANITIZE_CHUNK
     rng = np.random.default_rng(5)
     params = dict(make_params(), big=jnp.asarray(rng.normal(size=(300, 256)), jnp.float32))
     g0, g1, g2 = (dict(g, big=jnp.asarray(rng.normal(size=(300, 256)), jnp.float32))

@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from optimizers_under_test import ALIASES, BASE, alias
 
-from stam_optimizer import quantize as qz
+from stam_optimizer import quantize
 
 # (8, 2048): 8 blocks of 256 per row, aligned for tensor parallelism over ≤ 8
 # devices; (16, 256): 1 block per row, misaligned under tensor parallelism
@@ -102,7 +102,7 @@ def _check(name, n, dtype, bound):
         mu = ref_state[0].mu
         for k, shape in SHAPES.items():
             if shape:
-                assert mu[k].codes.shape == (*shape[:-1], *qz.layout(shape)), k
+                assert mu[k].codes.shape == (*shape[:-1], *quantize.layout(shape)), k
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 8])

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import stam_optimizer as so
-from stam_optimizer import quantize as qz
+from stam_optimizer import blockwise, quantize, square_int8
 
 
 def _x(shape=(1000, 37), seed=0, scale=1.0):
@@ -63,23 +63,23 @@ def _assert_matches_reference(back, x, block):
                                          ((1000, 37), 7), ((2, 3, 517), 256), ((4099,), 256)])
 def test_round_trip_matches_float64_reference(scale, shape, block):
     x = _x(shape, scale=scale)
-    q = qz.quantize(x, block)
-    _assert_matches_reference(qz.dequantize(q, x.shape), x, block)
+    q = quantize.quantize(x, block)
+    _assert_matches_reference(quantize.dequantize(q, x.shape), x, block)
     n_blocks, width = _layout(shape[-1], block)
     assert q.codes.dtype == jnp.uint8 and q.codes.shape == (*shape[:-1], n_blocks, width)
     assert q.scales.shape == (*shape[:-1], n_blocks)
     assert width <= block and n_blocks * width - shape[-1] < n_blocks  # padding < a block
     tail = np.asarray(q.codes).reshape(-1, n_blocks * width)[:, shape[-1]:]
-    assert np.all(tail == qz.OFFSET)  # the padded tails hold zeros
+    assert np.all(tail == square_int8.OFFSET)  # the padded tails hold zeros
 
 
 def test_layout_depends_on_the_last_axis_only():
-    assert qz.layout((64, 512)) == (2, 256) and qz.layout((3, 512)) == (2, 256)
-    assert qz.layout((8, 600)) == (3, 200) and qz.layout((600,)) == (3, 200)
-    assert qz.layout((5, 40)) == (1, 40) and qz.layout((1009,)) == (4, 253)
-    assert qz.layout((8, 4096), 64) == (64, 64)
+    assert quantize.layout((64, 512)) == (2, 256) and quantize.layout((3, 512)) == (2, 256)
+    assert quantize.layout((8, 600)) == (3, 200) and quantize.layout((600,)) == (3, 200)
+    assert quantize.layout((5, 40)) == (1, 40) and quantize.layout((1009,)) == (4, 253)
+    assert quantize.layout((8, 4096), 64) == (64, 64)
     with pytest.raises(ValueError, match="0-d"):
-        qz.layout(())
+        quantize.layout(())
 
 
 @pytest.mark.parametrize("shape", [(5, 3, 97), (4, 1, 16), (2, 2, 7), (3, 250), (3, 4, 33)])
@@ -87,7 +87,8 @@ def test_block_absmax_matches_a_max_reduction(shape):
     # Block widths that are, and are not, multiples of the 16-column groups.
     x = jax.random.normal(jax.random.PRNGKey(0), shape).at[..., -1].set(9.0)
     x = x.at[0, ..., 0].set(jnp.nan)  # NaN wins, as in jnp.max
-    got = qz.block_absmax(lambda lo, hi: x[..., lo:hi], shape[-1])
+    got = blockwise.block_absmax(lambda lo, hi: x[..., lo:hi], shape[-1])
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(blockwise.plain_block_absmax(x)))
     np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.max(jnp.abs(x), axis=-1)))
 
 
@@ -95,33 +96,34 @@ def test_code_map_table():
     codes = jnp.arange(256, dtype=jnp.int32).astype(jnp.uint8)[1:]  # code 0 is unused
     q = np.arange(-127, 128, dtype=np.float64)
     ref = np.sign(q) * (q / 127) ** 2
-    values = np.asarray(qz.decode_unit(codes), np.float64)
+    values = np.asarray(square_int8.decode_unit(codes), np.float64)
     np.testing.assert_allclose(values, ref, rtol=1e-6, atol=0)
     assert values[127] == 0 and values[0] == -1 and values[-1] == 1  # exact 0 and ±1
-    np.testing.assert_array_equal(np.asarray(qz.signed_squares(codes)), q * np.abs(q))
+    np.testing.assert_array_equal(np.asarray(square_int8.signed_squares(codes)), q * np.abs(q))
     # Every code value re-encodes to itself, under any block scale.
     for s in (1e-30, 0.37, 3e30):
-        blocks = jnp.tile(qz.decode_unit(codes)[None] * s, (2, 1)).astype(jnp.float32)
+        blocks = jnp.tile(square_int8.decode_unit(codes)[None] * s, (2, 1)).astype(jnp.float32)
         scales = jnp.full((2,), s, jnp.float32)
-        np.testing.assert_array_equal(qz.encode_blocks(blocks, scales)[0], codes)
+        np.testing.assert_array_equal(
+                blockwise.encode_blocks(blocks, scales, square_int8.CODEC)[0], codes)
 
 
 def test_zeros_maxima_idempotence_and_zero_blocks():
     x = _x().at[0, :5].set(0.0)
     x = x.at[100:110].set(0.0)  # whole zero rows: some blocks are all zero
-    q = qz.quantize(x)
-    back = qz.dequantize(q, x.shape)
+    q = quantize.quantize(x)
+    back = quantize.dequantize(q, x.shape)
     assert bool(jnp.all(back[0, :5] == 0)) and bool(jnp.all(back[100:110] == 0))
     assert bool(jnp.all(jnp.isfinite(back)))
     # (1000, 37): every row of 37 is one block
     top = jnp.argmax(jnp.abs(x), axis=1)
     rows = jnp.arange(x.shape[0])
     np.testing.assert_array_equal(back[rows, top], x[rows, top])  # maxima exact
-    q2 = qz.quantize(back)
+    q2 = quantize.quantize(back)
     np.testing.assert_array_equal(q2.codes, q.codes)
     np.testing.assert_array_equal(q2.scales, q.scales)
-    z = qz.quantize(jnp.zeros((300,)))
-    assert bool(jnp.all(qz.dequantize(z, (300,)) == 0)) and bool(jnp.all(z.scales == 0))
+    z = quantize.quantize(jnp.zeros((300,)))
+    assert bool(jnp.all(quantize.dequantize(z, (300,)) == 0)) and bool(jnp.all(z.scales == 0))
 
 
 def test_stochastic_rounding_is_unbiased():
@@ -130,22 +132,22 @@ def test_stochastic_rounding_is_unbiased():
     x = jnp.tile(jnp.full((256,), 0.3).at[0].set(1.0), 64)
     keys = jax.random.split(jax.random.PRNGKey(0), 64)
     rest = np.arange(x.size) % 256 != 0
-    draws = np.stack([np.asarray(qz.dequantize(qz.quantize(x, key=k), x.shape))[rest]
+    draws = np.stack([np.asarray(quantize.dequantize(quantize.quantize(x, key=k), x.shape))[rest]
                       for k in keys])
     neighbours = np.float32([(69 / 127) ** 2, (70 / 127) ** 2])
     assert np.all(np.isclose(draws[..., None], neighbours, rtol=1e-6).any(-1))
-    nearest = float(jnp.mean(qz.dequantize(qz.quantize(x), x.shape)[rest]))
+    nearest = float(jnp.mean(quantize.dequantize(quantize.quantize(x), x.shape)[rest]))
     assert abs(draws.mean() - 0.3) < 1e-4 < abs(nearest - 0.3)
 
 
 def test_rounding_uniforms_are_uniform_reproducible_and_keyed():
     from scipy import stats
     key = jax.random.PRNGKey(3)
-    u = np.asarray(qz.uniform(key, (64, 256)), np.float64)
+    u = np.asarray(blockwise.uniform(key, (64, 256)), np.float64)
     assert u.dtype == np.float64 and u.min() >= 0.0 and u.max() < 1.0
     assert stats.kstest(u.ravel(), "uniform").pvalue > 1e-3
-    np.testing.assert_array_equal(u, np.asarray(qz.uniform(key, (64, 256))))
-    other = np.asarray(qz.uniform(jax.random.PRNGKey(4), (64, 256)), np.float64)
+    np.testing.assert_array_equal(u, np.asarray(blockwise.uniform(key, (64, 256))))
+    other = np.asarray(blockwise.uniform(jax.random.PRNGKey(4), (64, 256)), np.float64)
     assert abs(stats.pearsonr(u.ravel(), other.ravel()).statistic) < 0.02
     # Neighbouring elements are not correlated either.
     assert abs(stats.pearsonr(u.ravel()[:-1], u.ravel()[1:]).statistic) < 0.02
@@ -159,7 +161,7 @@ def test_int8_state_layout_and_bytes():
     params = _mixed_params()
     tx = so.stam_lite(1e-3, state_dtype="int8", quantize_mask={"w": True, "b": True, "emb": False})
     mu = tx.init(params)[0].mu
-    assert isinstance(mu["w"], qz.QuantizedArray)
+    assert isinstance(mu["w"], quantize.QuantizedArray)
     assert mu["b"].dtype == jnp.float32  # under min_quantized_size
     assert mu["emb"].dtype == jnp.float32  # masked out
     w_bytes = sum(x.nbytes for x in jax.tree.leaves(mu["w"]))
@@ -224,7 +226,7 @@ def test_stuck_momentum_needs_stochastic_rounding():
         for t in range(1000):
             _, s = step({"w": phase[t >= 400]}, s)
         mu = s.mu["w"]
-        mu = qz.dequantize(mu, (16, 16)) if isinstance(mu, qz.QuantizedArray) else mu
+        mu = quantize.dequantize(mu, (16, 16)) if isinstance(mu, quantize.QuantizedArray) else mu
         small[name] = float(jnp.mean(mu[:, 8:]))
     assert abs(small["nearest"] - small["f32"]) > 0.03  # stuck
     assert abs(small["stochastic"] - small["f32"]) < 0.005
@@ -257,7 +259,7 @@ def test_int8_nan_gradients_and_tree_beta1():
     g = {"w": jnp.ones((64, 128)).at[0, 0].set(jnp.nan).at[3, 3].set(jnp.inf)}
     u, s = tx.update(g, s, params)
     assert bool(jnp.all(jnp.isfinite(u["w"])))
-    assert bool(jnp.all(jnp.isfinite(qz.dequantize(s[0].mu["w"], (64, 128)))))
+    assert bool(jnp.all(jnp.isfinite(quantize.dequantize(s[0].mu["w"], (64, 128)))))
     assert 0.5 <= float(so.tree_beta1(s, params)["w"]) <= 0.9
 
 
@@ -278,10 +280,10 @@ def test_int8_steps_match_float64_reference():
         g = g.at[:8].set(0.0).at[20, 3].set(0.0)
         u, s = step({"w": g}, s)
         g = np.asarray(g, np.float64).reshape(-1)
-        stored = np.asarray(qz.dequantize(s.mu["w"], (20, 257)), np.float64).reshape(-1)
+        stored = np.asarray(quantize.dequantize(s.mu["w"], (20, 257)), np.float64).reshape(-1)
         _assert_matches_reference(stored, np.float32(b1 * mu + (1 - b1) * g).reshape(20, 257),
                                   256)
-        assert np.all(np.asarray(s.mu["w"].codes).reshape(20, 258)[:, 257:] == qz.OFFSET)
+        assert np.all(np.asarray(s.mu["w"].codes).reshape(20, 258)[:, 257:] == square_int8.OFFSET)
         assert np.all(stored[: 8 * 257] == 0)
         b = rho * b + (1 - rho) * np.mean(g**2)
         prod *= b1
@@ -304,23 +306,23 @@ def test_momentum_update_keeps_the_plain_contract(shape, bad):
     """The fused int8 momentum update = `momentum_update_plain`, to one code step
     (both round β₁·μ + (1−β₁)·g, computed in a different order, to the nearest code)."""
     rng = np.random.default_rng(sum(shape))
-    mu = qz.quantize(jnp.asarray(rng.standard_normal(shape), jnp.float32))
+    mu = quantize.quantize(jnp.asarray(rng.standard_normal(shape), jnp.float32))
     g = rng.standard_normal(shape).astype(np.float32) * 0.3
     if bad:
         g.reshape(-1)[::97] = np.nan
         g.reshape(-1)[5] = np.inf
     g = jnp.asarray(g)
     beta1 = jnp.float32(0.85)
-    fast = jax.jit(lambda m, g: qz.momentum_update(m, g, beta1, jnp.int32(3), None,
+    fast = jax.jit(lambda m, g: square_int8.momentum_update(m, g, beta1, jnp.int32(3), None,
                                                    jnp.float32))(mu, g)
-    plain = qz.momentum_update_plain(mu, g, beta1, None, jnp.float32)
+    plain = square_int8.momentum_update_plain(mu, g, beta1, None, jnp.float32)
     np.testing.assert_allclose(fast.scales, plain.scales, rtol=1e-6)
     step = np.asarray(fast.codes, np.int32) - np.asarray(plain.codes, np.int32)
     assert np.abs(step).max() <= 1 and np.mean(step != 0) < 1e-3
     # and the plain statement is what it says, against float64
-    old = np.asarray(qz.dequantize(mu, shape), np.float64)
+    old = np.asarray(quantize.dequantize(mu, shape), np.float64)
     g64 = np.nan_to_num(np.asarray(g, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     want = 0.85 * old + 0.15 * g64
-    got = np.asarray(qz.dequantize(plain, shape), np.float64)
+    got = np.asarray(quantize.dequantize(plain, shape), np.float64)
     block_max = np.abs(want).max()
     assert np.abs(got - want).max() <= 0.008 * block_max  # the code map's error bound

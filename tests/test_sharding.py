@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 from optimizers_under_test import ALIASES, BASE, TRANSFORMS, alias, transform
 
 import stam_optimizer as so
-from stam_optimizer import quantize as qz
+from stam_optimizer import quantize
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"w1": (16, 12), "w2": (24, 40), "emb": (40, 8), "b": (13,), "odd": (5, 3), "s": ()}
@@ -83,9 +83,9 @@ def test_state_is_sharded_like_params_and_scalars_replicated(name):
     buf = inner.mu if "mu" in inner._fields else inner.m
     for k, shape in SHAPES.items():
         leaf = buf[k]
-        if isinstance(leaf, qz.QuantizedArray):  # int8: the codes, laid out by the param
+        if isinstance(leaf, quantize.QuantizedArray):  # int8: the codes, laid out by the param
             leaf = leaf.codes
-            assert leaf.shape == (*shape[:-1], *qz.layout(shape)), k
+            assert leaf.shape == (*shape[:-1], *quantize.layout(shape)), k
             assert _norm(leaf.sharding.spec, 3) == _norm(_spec(shape), 3), k
         else:
             assert leaf.sharding.spec == _spec(shape), k
@@ -189,8 +189,8 @@ def test_int8_layout_is_global_and_blocks_tile_shards(axis_type):
             if codes_spec is None:
                 assert leaf.dtype == jnp.float32 and leaf.shape == shape, k
                 continue
-            assert isinstance(leaf, qz.QuantizedArray), k
-            assert leaf.codes.shape == (*shape[:-1], *qz.layout(shape)), k
+            assert isinstance(leaf, quantize.QuantizedArray), k
+            assert leaf.codes.shape == (*shape[:-1], *quantize.layout(shape)), k
             per_device = leaf.codes.addressable_shards[0].data.nbytes
             scales = leaf.scales.addressable_shards[0].data.nbytes
             if which == "jitted" and axis_type == AxisType.Auto:

@@ -3,8 +3,9 @@
 Simulates, for one tensor, only what a β₁ signal sees: the momentum recurrence
 `μ = β₁·μ + (1−β₁)·g` and each candidate's per-tensor scalars (ν and the
 update direction do not feed back into β₁). The "spec" and "spec_lite" rows
-are the SPEC.md signals (checked against the library by `tools/signal_table.py`
-and the tests); the others are the candidates of docs/signal.md.
+are the "spec" signals of docs/math.md, as `stam_optimizer.beta1_signal`
+implements them (the library's responses on these streams are pinned by
+tests/test_signal_response.py); the others are the candidates of docs/signal.md.
 
     PYTHONPATH=. python tools/signal_candidates.py [--n 4096] [--steps 3000]
         [--output docs/results/signal/candidates.json]
