@@ -65,6 +65,12 @@ def test_speed_command_writes_json_and_table(tmp_path, capsys):
     assert set(data["train_step"][0]["optimizers"]) == {"stam_full", "adamw"}
     printed = capsys.readouterr().out
     assert "| square8 | 8.4M | stam_full |" in printed
+    # storage variants: per-round ratio to their float parent from the same rounds
+    int8 = opt["stam_lite_int8"]
+    assert int8["parent"] == "stam_lite" and int8["ratio_to_parent"] > 0
+    assert "ratio_to_parent" not in opt["stam_lite"]
+    assert f"| update | square8 | stam_lite_int8 | stam_lite | {int8['ratio_to_parent']:.2f} |" \
+        in printed
 
 
 def test_fair_timing_file_path_form(tmp_path):

@@ -152,6 +152,10 @@ def cmd_speed(args: argparse.Namespace) -> int:
     if out["train_step"]:
         print("\nWhole train step (forward, backward, update):\n")
         print(speed.train_table(out["train_step"]))
+    parents = speed.parent_table(out["update"] + out["train_step"])
+    if parents.count("\n") > 1:
+        print("\nStorage variants against their float parent (same rounds):\n")
+        print(parents)
     print(f"\nwritten: {args.output}")
     return 0
 
