@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import optax
 
 from stam_optimizer.benchmarks.programme import records, registry
+from stam_optimizer.benchmarks.report.markdown import table
 from stam_optimizer.benchmarks.tasks import models
 
 MB = 2**20
@@ -300,17 +301,14 @@ def parent_rows(train_step: list[dict]) -> list[dict]:
 def parent_table(rows: list[dict]) -> str:
     """Markdown: each storage variant against its float parent in the donated
     transformer train step (MB), and the share of the state saving the peak keeps."""
-    lines = ["| optimizer | parent | state B/param | parent state B/param | state saved MB"
-             " | peak MB | parent peak MB | peak saved MB | peak saved / state saved |",
-             "|---" * 9 + "|"]
-    for r in rows:
-        share = r["peak_share"]
-        lines.append(
-            f"| {r['optimizer']} | {r['parent']} | {r['state_bytes'] / r['params']:.3f} | "
-            f"{r['parent_state_bytes'] / r['params']:.3f} | {_mb(r['state_saved'])} | "
-            f"{_mb(r['peak'])} | {_mb(r['parent_peak'])} | {_mb(r['peak_saved'])} | "
-            f"{'n/a' if share is None else f'{share:.2f}'} |")
-    return "\n".join(lines)
+    head = ["optimizer", "parent", "state B/param", "parent state B/param", "state saved MB",
+            "peak MB", "parent peak MB", "peak saved MB", "peak saved / state saved"]
+    return "\n".join(table(head, [
+        [r["optimizer"], r["parent"], f"{r['state_bytes'] / r['params']:.3f}",
+         f"{r['parent_state_bytes'] / r['params']:.3f}", _mb(r["state_saved"]), _mb(r["peak"]),
+         _mb(r["parent_peak"]), _mb(r["peak_saved"]),
+         "n/a" if r["peak_share"] is None else f"{r['peak_share']:.2f}"]
+        for r in rows])[:-1])
 
 
 def bytes_table(rows: list[dict]) -> str:
