@@ -7,6 +7,7 @@ task's min_effect (win/loss) or zero with tiny noise (tie).
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ import pytest
 from matplotlib.figure import Figure
 from scipy import stats as sps
 
+from stam_optimizer.benchmarks import cli
 from stam_optimizer.benchmarks.programme import records
-from stam_optimizer.benchmarks.report import claims, plots, report, stats
+from stam_optimizer.benchmarks.report import claims, plots, report, stats, summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEEDS = [0, 1, 2, 3, 4]
@@ -476,3 +478,117 @@ def test_committed_full_report_is_current_and_relative():
     assert "**Correction families**" in text and "diff: Holm CI" in text  # current format
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert (folder / name).is_file(), name
+
+
+# --- summary.json: the committed form of a results folder ---------------------------------
+
+RAW = ("runs", "sweeps", "signal.json", "cache")  # what a run writes and git does not keep
+
+
+def rebuilt_from_summary(folder: Path, copy: Path) -> tuple[str, str]:
+    """Builds the report of `folder`, copies the folder less its raw files to `copy`
+    and builds it there from summary.json alone; returns both reports' text after
+    checking that the two summaries are the same file."""
+    md = report.build_report(folder).read_text()
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(*RAW))
+    assert not (copy / "runs").exists() and (copy / summary.FILE).is_file()
+    again = report.build_report(copy).read_text()
+    assert (copy / summary.FILE).read_text() == (folder / summary.FILE).read_text()
+    return md, again
+
+
+@pytest.fixture
+def fixed_date(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796083200")  # 2026-12-01 00:00 UTC
+
+
+def test_report_from_the_summary_equals_the_report_from_a_tiny_run(tmp_path, fixed_date):
+    out = tmp_path / "run"
+    assert cli.main(["run", "convex", "--size", "tiny", "--optimizers", "adamw,stam_full",
+                     "--out", str(out), "--no-report"]) == 0
+    md, again = rebuilt_from_summary(out, tmp_path / "committed")
+    assert "Generated 2026-12-01 00:00 UTC" in md
+    assert again == md
+    # the figures of per-step curves are the ones drawn from the raw runs, kept
+    for name in ("curves_linear_regression.png", "beta1_linear_regression.png"):
+        assert f"]({name})" in md
+        assert (tmp_path / "committed" / name).read_bytes() == (out / name).read_bytes()
+    # ... and the summary cannot redraw them: without the PNG the report says so
+    (tmp_path / "committed" / "curves_linear_regression.png").unlink()
+    text = report.build_report(tmp_path / "committed").read_text()
+    assert "](curves_linear_regression.png)" not in text
+    assert "Curves: drawn from the raw run files (`runs/`), which are not here" in text
+
+
+def test_report_from_the_summary_equals_the_report_from_synthetic_runs(tmp_path, fixed_date):
+    write_runs(tmp_path / "raw", OFFSETS)
+    write_extras(tmp_path / "raw")
+    md, again = rebuilt_from_summary(tmp_path / "raw", tmp_path / "summary")
+    assert again == md
+    assert "Not run" not in section(md, "## Sweeps") and "Not run" not in section(
+        md, "## The 0.1.0 claims")
+    # the figures the summary can draw are drawn from it, and come out the same
+    for name in ("forest.png", "lr_noisy_shift.png", "sweep_nonstationary_mlp_adamw.png"):
+        assert (tmp_path / "summary" / name).read_bytes() == (tmp_path / "raw" / name).read_bytes()
+
+
+def test_summary_layout_and_what_it_leaves_out(tmp_path):
+    write_runs(tmp_path, OFFSETS)
+    write_extras(tmp_path)
+    report.build_report(tmp_path)
+    text = (tmp_path / summary.FILE).read_text()
+    data = json.loads(text)
+    assert data["schema"] == summary.SCHEMA and data["kind"] == "summary"
+    assert data["baseline"] == "adamw" and data["precision"] == "float64"  # numpy floats
+    task = data["tasks"]["noisy_shift"]
+    assert task["info"]["metric"] == "post_shift_val_loss" and task["curve_start"] == START
+    entry = task["optimizers"]["stam_full"]
+    assert {"curves", "eval_steps"}.isdisjoint(entry["final"]) and "beta1" not in entry
+    assert entry["beta1_layers"] == len(LAYERS)
+    assert entry["final"]["metric"] == json.loads(
+        (tmp_path / "runs" / "noisy_shift" / "stam_full.json").read_text())["final"]["metric"]
+    mean, lo, hi = stats.mean_ci(entry["final"]["metric"])
+    assert entry["best"]["loss"] == pytest.approx(mean, rel=1e-4)
+    assert entry["best"]["ci"] == pytest.approx([lo, hi], rel=1e-4)
+    rows = [c for c in data["comparisons"]
+            if (c["task"], c["candidate"]) == ("noisy_shift", "stam_full")]
+    assert len(rows) == 1 and rows[0]["verdict"] == "win" and rows[0]["baseline"] == "adamw"
+    assert rows[0]["family"] == "primary: STAM family vs adamw"
+    assert set(data["sweeps"]["nonstationary_mlp"]) == {"adamw", "stam_full", "stam_lite"}
+    # one line per key, numbers of an array on one line
+    assert '"seeds": [0, 1, 2, 3, 4]' in text
+
+
+def test_float32_measurements_are_written_short_and_read_back_exactly(tmp_path):
+    values = [float(np.float32(v)) for v in (0.1, 2.785117, 1e-7, 3.0)]
+    write_runs(tmp_path, {"noisy_shift": {"adamw": 0.0, "stam_full": -BIG}})
+    for opt in ("adamw", "stam_full"):
+        path = tmp_path / "runs" / "noisy_shift" / f"{opt}.json"
+        run = json.loads(path.read_text())
+        run["final"]["metric"] = values + [float(np.float32(1.5))]
+        run["tuning"]["metric"] = [[float(np.float32(v)) for v in row]
+                                   for row in np.nan_to_num(run["tuning"]["metric"], nan=9.0)]
+        path.write_text(json.dumps(run))
+    report.build_report(tmp_path)
+    text = (tmp_path / summary.FILE).read_text()
+    assert '"precision": "float32"' in text and '"metric": [0.1, 2.785117, 1e-07, 3.0, 1.5]' in text
+    back = summary.runs_from(summary.load(tmp_path))
+    assert next(r for r in back if r["optimizer"] == "adamw")["final"]["metric"] == values + [1.5]
+    # a value that is not a float32 keeps the whole file at full precision
+    run = json.loads(path.read_text())
+    run["final"]["metric"][0] = 0.1
+    path.write_text(json.dumps(run))
+    report.build_report(tmp_path)
+    data = summary.load(tmp_path)
+    assert data["precision"] == "float64"
+    assert data["tasks"]["noisy_shift"]["optimizers"]["stam_full"]["final"]["metric"][0] == 0.1
+
+
+def test_report_command_accepts_a_folder_with_only_a_summary(tmp_path, fixed_date, capsys):
+    assert cli.main(["report", "--results", str(tmp_path)]) == 2
+    write_runs(tmp_path / "raw", {"nonstationary_mlp": OFFSETS["nonstationary_mlp"]})
+    report.build_report(tmp_path / "raw")
+    (tmp_path / "only").mkdir()
+    shutil.copy(tmp_path / "raw" / summary.FILE, tmp_path / "only")
+    assert cli.main(["report", "--results", str(tmp_path / "only")]) == 0
+    assert "| `nadam` |" in (tmp_path / "only" / "report.md").read_text()
