@@ -5,6 +5,7 @@ a shared per-seed level plus a per-optimizer offset that is either far beyond th
 task's min_effect (win/loss) or zero with tiny noise (tie).
 """
 
+import datetime
 import json
 import re
 import shutil
@@ -592,3 +593,30 @@ def test_report_command_accepts_a_folder_with_only_a_summary(tmp_path, fixed_dat
     shutil.copy(tmp_path / "raw" / summary.FILE, tmp_path / "only")
     assert cli.main(["report", "--results", str(tmp_path / "only")]) == 0
     assert "| `nadam` |" in (tmp_path / "only" / "report.md").read_text()
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def test_committed_report_is_rebuilt_byte_for_byte_from_the_committed_summary(
+        tmp_path, monkeypatch):
+    text = (COMMITTED / "full" / "report.md").read_text()
+    when = re.search(r"^Generated (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", text, flags=re.M)
+    epoch = datetime.datetime.strptime(when.group(1), "%Y-%m-%d %H:%M").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(int(epoch)))
+    copy = tmp_path / "full"
+    shutil.copytree(COMMITTED / "full", copy, ignore=shutil.ignore_patterns(*RAW))
+    monkeypatch.setattr(plots, "save", lambda fig, path: Path(path))  # no PNG rewritten
+    assert report.build_report(copy).read_text() == text
+    assert (copy / summary.FILE).read_text() == (COMMITTED / "full" / summary.FILE).read_text()
+
+
+def test_committed_results_are_small_and_hold_no_raw_runs():
+    # raw files of a local re-run may sit in a checkout; .gitignore keeps them out
+    kept = [p for p in COMMITTED.rglob("*") if p.is_file()
+            and not set(p.relative_to(COMMITTED).parts) & set(RAW)]
+    assert max(p.stat().st_size for p in kept) < 1_000_000
+    assert sum(p.stat().st_size for p in kept) < 5_000_000
+    ignored = (COMMITTED.parents[1] / ".gitignore").read_text().split()
+    assert {"docs/results/*/runs/", "docs/results/*/signal.json"} <= set(ignored)
