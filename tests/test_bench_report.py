@@ -533,6 +533,28 @@ def test_report_from_the_summary_equals_the_report_from_synthetic_runs(tmp_path,
         assert (tmp_path / "summary" / name).read_bytes() == (tmp_path / "raw" / name).read_bytes()
 
 
+def test_a_partial_rerun_keeps_the_rest_from_the_summary(tmp_path, fixed_date):
+    write_runs(tmp_path, OFFSETS)
+    write_extras(tmp_path)
+    md = report.build_report(tmp_path).read_text()
+    before = (tmp_path / "curves_noisy_shift.png").read_bytes()
+    # one optimizer's raw file gone (say, a fresh checkout re-running one suite)
+    (tmp_path / "runs" / "noisy_shift" / "adamw.json").unlink()
+    shutil.rmtree(tmp_path / "sweeps")
+    (tmp_path / "curves_noisy_shift.png").write_bytes(b"kept")
+    assert report.build_report(tmp_path).read_text() == md
+    # the curves of that task cannot all be drawn: the figure already there is kept
+    assert (tmp_path / "curves_noisy_shift.png").read_bytes() == b"kept"
+    (tmp_path / "curves_noisy_shift.png").write_bytes(before)
+    # a changed raw run wins over the summary's copy of it
+    path = tmp_path / "runs" / "noisy_shift" / "stam_full.json"
+    run = json.loads(path.read_text())
+    run["final"]["metric"] = [v + 1.0 for v in run["final"]["metric"]]
+    path.write_text(json.dumps(run))
+    text = report.build_report(tmp_path).read_text()
+    assert "**loss**" in row(section(text, "### noisy_shift"), "stam_full")
+
+
 def test_summary_layout_and_what_it_leaves_out(tmp_path):
     write_runs(tmp_path, OFFSETS)
     write_extras(tmp_path)

@@ -113,9 +113,9 @@ class _Context:
     raw: bool = True  # read from the raw run files, not from summary.json
 
     def figure(self, name: str, raw: bool, draw, *args) -> Path | None:
-        """`draw(*args, path)` for a figure drawn from per-step series when the
-        records hold them (`raw`); otherwise the PNG already in the output folder,
-        or in the results folder (copied over), if there is one."""
+        """`draw(*args, path)` for a figure drawn from per-step series when every
+        record of it holds them (`raw`); otherwise the PNG already in the output
+        folder, or in the results folder (copied over), if there is one."""
         path = self.out_dir / name
         if raw:
             return draw(*args, path)
@@ -336,8 +336,8 @@ def _per_task(ctx: _Context) -> list[str]:
         lines += _mde_line(ctx, task, float(info["min_effect"]))
         name = _safe(task)
         curve = curve_for(metric, runs)
-        image = ctx.figure(f"curves_{name}.png", any("curves" in r["final"] for r in runs.values()),
-                           plots.curves, task, curve, runs,
+        raw = not any("curve_names" in r["final"] for r in runs.values())  # all from runs/
+        image = ctx.figure(f"curves_{name}.png", raw, plots.curves, task, curve, runs,
                            info.get("shift_steps") or []) if curve else None
         if image is None and curve and not ctx.raw:
             lines += ["Curves: drawn from the raw run files (`runs/`), which are not here; "
@@ -356,7 +356,7 @@ def _per_task(ctx: _Context) -> list[str]:
                         f"{task} LR sensitivity")
         if any(r.get("beta1", {}).get("layers") or r.get("beta1_layers")
                for r in runs.values()):
-            raw = any("beta1" in r for r in runs.values())
+            raw = not any(r.get("beta1_layers") for r in runs.values())
             lines += _image(ctx.figure(f"beta1_{name}.png", raw, plots.beta1, task, runs),
                             f"{task} beta1 trajectories")
     return lines
@@ -530,16 +530,26 @@ def _comparisons(ctx: _Context) -> list[dict]:
     return out
 
 
+def _merge(raw: list[dict], kept: list[dict]) -> list[dict]:
+    """The raw records, and those of summary.json whose (task, optimizer) has none,
+    in the order of the files under runs/ (task, then optimizer)."""
+    have = {(r["task"], r["optimizer"]) for r in raw}
+    out = raw + [r for r in kept if (r["task"], r["optimizer"]) not in have]
+    return sorted(out, key=lambda r: Path(r["task"], f"{r['optimizer']}.json"))  # as on disk
+
+
 def _load(results_dir: Path) -> tuple[list[dict], list[dict], dict | None, bool]:
-    """(runs, sweeps, signal, raw): from the raw files where there are any, else
-    from summary.json (each of the three separately)."""
+    """(runs, sweeps, signal, raw). summary.json stands for the raw records that
+    are not on disk: a (task, optimizer) with a raw file under runs/ or sweeps/ is
+    read from it, every other one from the summary, and signal.json, if there is
+    one, replaces the summary's signal. `raw`: some run was read from runs/."""
     runs, sweeps = load_runs(results_dir), load_sweeps(results_dir)
     signal = load_optional(results_dir / "signal.json")
-    data = summary.load(results_dir) if not (runs and sweeps and signal) else None
-    raw = bool(runs) or data is None
+    raw = bool(runs)
+    data = summary.load(results_dir)
     if data is not None:
-        runs = runs or summary.runs_from(data)
-        sweeps = sweeps or summary.sweeps_from(data)
+        runs = _merge(runs, summary.runs_from(data))
+        sweeps = _merge(sweeps, summary.sweeps_from(data))
         signal = signal or summary.signal_from(data)
     return runs, sweeps, signal, raw
 
