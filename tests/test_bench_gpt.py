@@ -5,6 +5,7 @@ produces the report section."""
 
 import json
 import math
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -249,7 +250,8 @@ def test_suite_plans_per_size_and_filters_the_signal_variants():
         (False, False), (True, False), (False, True)}
 
 
-def test_tiny_suite_end_to_end_writes_the_report_section(tmp_path):
+def test_tiny_suite_end_to_end_writes_the_report_section(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796083200")
     task = gpt_tasks.TASKS["gpt_d16_qk"](Config(size="tiny"))
     tune, final = scheduler.seeds_of(task, "tiny")
     rec = runner.tune_and_run(task, "adamw", tune, final, "tiny")
@@ -274,3 +276,10 @@ def test_tiny_suite_end_to_end_writes_the_report_section(tmp_path):
     assert "-0.1 [-0.1, -0.1]" in row and "**win**" in row  # (a): a constant 0.1 better
     for png in ("gpt_lr_sensitivity.png", "gpt_loss_vs_lr.png", "gpt_memory_gpt_d16_qk.png"):
         assert (tmp_path / png).stat().st_size > 0, png
+    # summary.json keeps spikes and divergences, not the training curves: same section
+    sens = json.loads((tmp_path / "summary.json").read_text())["tasks"]["gpt_d16_qk"][
+        "optimizers"]["adamw"]["lr_sensitivity"]
+    assert "train_loss" not in sens and "final_seed_metric" in sens
+    copy = tmp_path.parent / f"{tmp_path.name}_summary"
+    shutil.copytree(tmp_path, copy, ignore=shutil.ignore_patterns("runs", "cache"))
+    assert report.build_report(copy).read_text() == text

@@ -5,8 +5,10 @@ a shared per-seed level plus a per-optimizer offset that is either far beyond th
 task's min_effect (win/loss) or zero with tiny noise (tie).
 """
 
+import datetime
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,9 @@ import pytest
 from matplotlib.figure import Figure
 from scipy import stats as sps
 
+from stam_optimizer.benchmarks import cli
 from stam_optimizer.benchmarks.programme import records
-from stam_optimizer.benchmarks.report import claims, plots, report, stats
+from stam_optimizer.benchmarks.report import claims, plots, report, stats, summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEEDS = [0, 1, 2, 3, 4]
@@ -476,3 +479,166 @@ def test_committed_full_report_is_current_and_relative():
     assert "**Correction families**" in text and "diff: Holm CI" in text  # current format
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert (folder / name).is_file(), name
+
+
+# --- summary.json: the committed form of a results folder ---------------------------------
+
+RAW = ("runs", "sweeps", "signal.json", "cache")  # what a run writes and git does not keep
+
+
+def rebuilt_from_summary(folder: Path, copy: Path) -> tuple[str, str]:
+    """Builds the report of `folder`, copies the folder less its raw files to `copy`
+    and builds it there from summary.json alone; returns both reports' text after
+    checking that the two summaries are the same file."""
+    md = report.build_report(folder).read_text()
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(*RAW))
+    assert not (copy / "runs").exists() and (copy / summary.FILE).is_file()
+    again = report.build_report(copy).read_text()
+    assert (copy / summary.FILE).read_text() == (folder / summary.FILE).read_text()
+    return md, again
+
+
+@pytest.fixture
+def fixed_date(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796083200")  # 2026-12-01 00:00 UTC
+
+
+def test_report_from_the_summary_equals_the_report_from_a_tiny_run(tmp_path, fixed_date):
+    out = tmp_path / "run"
+    assert cli.main(["run", "convex", "--size", "tiny", "--optimizers", "adamw,stam_full",
+                     "--out", str(out), "--no-report"]) == 0
+    md, again = rebuilt_from_summary(out, tmp_path / "committed")
+    assert "Generated 2026-12-01 00:00 UTC" in md
+    assert again == md
+    # the figures of per-step curves are the ones drawn from the raw runs, kept
+    for name in ("curves_linear_regression.png", "beta1_linear_regression.png"):
+        assert f"]({name})" in md
+        assert (tmp_path / "committed" / name).read_bytes() == (out / name).read_bytes()
+    # ... and the summary cannot redraw them: without the PNG the report says so
+    (tmp_path / "committed" / "curves_linear_regression.png").unlink()
+    text = report.build_report(tmp_path / "committed").read_text()
+    assert "](curves_linear_regression.png)" not in text
+    assert "Curves: drawn from the raw run files (`runs/`), which are not here" in text
+
+
+def test_report_from_the_summary_equals_the_report_from_synthetic_runs(tmp_path, fixed_date):
+    write_runs(tmp_path / "raw", OFFSETS)
+    write_extras(tmp_path / "raw")
+    md, again = rebuilt_from_summary(tmp_path / "raw", tmp_path / "summary")
+    assert again == md
+    assert "Not run" not in section(md, "## Sweeps") and "Not run" not in section(
+        md, "## The 0.1.0 claims")
+    # the figures the summary can draw are drawn from it, and come out the same
+    for name in ("forest.png", "lr_noisy_shift.png", "sweep_nonstationary_mlp_adamw.png"):
+        assert (tmp_path / "summary" / name).read_bytes() == (tmp_path / "raw" / name).read_bytes()
+
+
+def test_a_partial_rerun_keeps_the_rest_from_the_summary(tmp_path, fixed_date):
+    write_runs(tmp_path, OFFSETS)
+    write_extras(tmp_path)
+    md = report.build_report(tmp_path).read_text()
+    before = (tmp_path / "curves_noisy_shift.png").read_bytes()
+    # one optimizer's raw file gone (say, a fresh checkout re-running one suite)
+    (tmp_path / "runs" / "noisy_shift" / "adamw.json").unlink()
+    shutil.rmtree(tmp_path / "sweeps")
+    (tmp_path / "curves_noisy_shift.png").write_bytes(b"kept")
+    assert report.build_report(tmp_path).read_text() == md
+    # the curves of that task cannot all be drawn: the figure already there is kept
+    assert (tmp_path / "curves_noisy_shift.png").read_bytes() == b"kept"
+    (tmp_path / "curves_noisy_shift.png").write_bytes(before)
+    # a changed raw run wins over the summary's copy of it
+    path = tmp_path / "runs" / "noisy_shift" / "stam_full.json"
+    run = json.loads(path.read_text())
+    run["final"]["metric"] = [v + 1.0 for v in run["final"]["metric"]]
+    path.write_text(json.dumps(run))
+    text = report.build_report(tmp_path).read_text()
+    assert "**loss**" in row(section(text, "### noisy_shift"), "stam_full")
+
+
+def test_summary_layout_and_what_it_leaves_out(tmp_path):
+    write_runs(tmp_path, OFFSETS)
+    write_extras(tmp_path)
+    report.build_report(tmp_path)
+    text = (tmp_path / summary.FILE).read_text()
+    data = json.loads(text)
+    assert data["schema"] == summary.SCHEMA and data["kind"] == "summary"
+    assert data["baseline"] == "adamw" and data["precision"] == "float64"  # numpy floats
+    task = data["tasks"]["noisy_shift"]
+    assert task["info"]["metric"] == "post_shift_val_loss" and task["curve_start"] == START
+    entry = task["optimizers"]["stam_full"]
+    assert {"curves", "eval_steps"}.isdisjoint(entry["final"]) and "beta1" not in entry
+    assert entry["beta1_layers"] == len(LAYERS)
+    assert entry["final"]["metric"] == json.loads(
+        (tmp_path / "runs" / "noisy_shift" / "stam_full.json").read_text())["final"]["metric"]
+    mean, lo, hi = stats.mean_ci(entry["final"]["metric"])
+    assert entry["best"]["loss"] == pytest.approx(mean, rel=1e-4)
+    assert entry["best"]["ci"] == pytest.approx([lo, hi], rel=1e-4)
+    rows = [c for c in data["comparisons"]
+            if (c["task"], c["candidate"]) == ("noisy_shift", "stam_full")]
+    assert len(rows) == 1 and rows[0]["verdict"] == "win" and rows[0]["baseline"] == "adamw"
+    assert rows[0]["family"] == "primary: STAM family vs adamw"
+    assert set(data["sweeps"]["nonstationary_mlp"]) == {"adamw", "stam_full", "stam_lite"}
+    # one line per key, numbers of an array on one line
+    assert '"seeds": [0, 1, 2, 3, 4]' in text
+
+
+def test_float32_measurements_are_written_short_and_read_back_exactly(tmp_path):
+    values = [float(np.float32(v)) for v in (0.1, 2.785117, 1e-7, 3.0)]
+    write_runs(tmp_path, {"noisy_shift": {"adamw": 0.0, "stam_full": -BIG}})
+    for opt in ("adamw", "stam_full"):
+        path = tmp_path / "runs" / "noisy_shift" / f"{opt}.json"
+        run = json.loads(path.read_text())
+        run["final"]["metric"] = values + [float(np.float32(1.5))]
+        run["tuning"]["metric"] = [[float(np.float32(v)) for v in row]
+                                   for row in np.nan_to_num(run["tuning"]["metric"], nan=9.0)]
+        path.write_text(json.dumps(run))
+    report.build_report(tmp_path)
+    text = (tmp_path / summary.FILE).read_text()
+    assert '"precision": "float32"' in text and '"metric": [0.1, 2.785117, 1e-07, 3.0, 1.5]' in text
+    back = summary.runs_from(summary.load(tmp_path))
+    assert next(r for r in back if r["optimizer"] == "adamw")["final"]["metric"] == values + [1.5]
+    # a value that is not a float32 keeps the whole file at full precision
+    run = json.loads(path.read_text())
+    run["final"]["metric"][0] = 0.1
+    path.write_text(json.dumps(run))
+    report.build_report(tmp_path)
+    data = summary.load(tmp_path)
+    assert data["precision"] == "float64"
+    assert data["tasks"]["noisy_shift"]["optimizers"]["stam_full"]["final"]["metric"][0] == 0.1
+
+
+def test_report_command_accepts_a_folder_with_only_a_summary(tmp_path, fixed_date, capsys):
+    assert cli.main(["report", "--results", str(tmp_path)]) == 2
+    write_runs(tmp_path / "raw", {"nonstationary_mlp": OFFSETS["nonstationary_mlp"]})
+    report.build_report(tmp_path / "raw")
+    (tmp_path / "only").mkdir()
+    shutil.copy(tmp_path / "raw" / summary.FILE, tmp_path / "only")
+    assert cli.main(["report", "--results", str(tmp_path / "only")]) == 0
+    assert "| `nadam` |" in (tmp_path / "only" / "report.md").read_text()
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def test_committed_report_is_rebuilt_byte_for_byte_from_the_committed_summary(
+        tmp_path, monkeypatch):
+    text = (COMMITTED / "full" / "report.md").read_text()
+    when = re.search(r"^Generated (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", text, flags=re.M)
+    epoch = datetime.datetime.strptime(when.group(1), "%Y-%m-%d %H:%M").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(int(epoch)))
+    copy = tmp_path / "full"
+    shutil.copytree(COMMITTED / "full", copy, ignore=shutil.ignore_patterns(*RAW))
+    monkeypatch.setattr(plots, "save", lambda fig, path: Path(path))  # no PNG rewritten
+    assert report.build_report(copy).read_text() == text
+    assert (copy / summary.FILE).read_text() == (COMMITTED / "full" / summary.FILE).read_text()
+
+
+def test_committed_results_are_small_and_hold_no_raw_runs():
+    # raw files of a local re-run may sit in a checkout; .gitignore keeps them out
+    kept = [p for p in COMMITTED.rglob("*") if p.is_file()
+            and not set(p.relative_to(COMMITTED).parts) & set(RAW)]
+    assert max(p.stat().st_size for p in kept) < 1_000_000
+    assert sum(p.stat().st_size for p in kept) < 5_000_000
+    ignored = (COMMITTED.parents[1] / ".gitignore").read_text().split()
+    assert {"docs/results/*/runs/", "docs/results/*/signal.json"} <= set(ignored)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -42,7 +43,8 @@ def test_signal_suite_is_in_quick_and_full():
                                                     "stam_lite", "stam_lite_energy"}
 
 
-def test_signal_suite_writes_data_and_the_report_derives_its_section(tmp_path):
+def test_signal_suite_writes_data_and_the_report_derives_its_section(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796083200")
     counts = scheduler.run_programme(["signal"], "tiny", tmp_path, log=lambda m: None,
                                      optimizers=["stam_full", "stam_lite_energy", "adamw"])
     assert counts["failed"] == 0
@@ -71,6 +73,14 @@ def test_signal_suite_writes_data_and_the_report_derives_its_section(tmp_path):
     (tmp_path / "runs").mkdir()
     md = report.build_report(tmp_path).read_text()
     assert "## β₁ signal: what the adaptation responds to" in md
+    # summary.json keeps the responses, not the β₁ series; the figures stay as drawn
+    kept = json.loads((tmp_path / "summary.json").read_text())["signal"]
+    assert "eval_steps" not in kept and not any("beta1" in r for r in kept["runs"])
+    copy = tmp_path.parent / f"{tmp_path.name}_summary"
+    shutil.copytree(tmp_path, copy, ignore=shutil.ignore_patterns("signal.json", "cache"))
+    assert report.build_report(copy).read_text() == md
+    assert (copy / "signal_noise_up.png").read_bytes() == (
+        tmp_path / "signal_noise_up.png").read_bytes()
 
 
 def test_report_says_not_run_without_signal_json(tmp_path):

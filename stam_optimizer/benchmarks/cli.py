@@ -3,7 +3,7 @@
     stam-bench quick                every suite at small size, then the report (~5 min)
     stam-bench full                 every suite, every registry optimizer, then the report
     stam-bench run SUITE...         chosen suites (--size tiny|quick|full)
-    stam-bench report               rebuild report.md and plots from a results folder
+    stam-bench report               rebuild report.md, plots and summary.json from a results folder
     stam-bench list                 optimizers, tasks and suites
     stam-bench speed [options]      update-only and train-step timing
     stam-bench profile [options]    time per kernel of one optimizer update
@@ -85,10 +85,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from stam_optimizer.benchmarks.report import report
+    from stam_optimizer.benchmarks.report import report, summary
 
-    if not (Path(args.results) / "runs").is_dir():
-        log(f"stam-bench report: no runs/ folder in {args.results}; run stam-bench first")
+    results = Path(args.results)
+    if not (results / "runs").is_dir() and not (results / summary.FILE).is_file():
+        log(f"stam-bench report: neither a runs/ folder nor {summary.FILE} in {args.results}; "
+            "run stam-bench first")
         return 2
     print(f"report: {report.build_report(args.results, args.out_dir)}")
     return 0

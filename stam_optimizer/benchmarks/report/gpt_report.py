@@ -92,10 +92,23 @@ def seed_sensitivities(run: dict, lrs=None) -> np.ndarray:
 
 
 def spike_counts(run: dict) -> tuple[int, int, int]:
-    """(spikes, runs with a spike, diverged runs) over every lr x final seed."""
-    curves = [c for row in run["lr_sensitivity"]["train_loss"] for c in row]
-    n = [count_spikes(c) for c in curves]
-    return sum(n), sum(k > 0 for k in n), sum(diverged(c) for c in curves)
+    """(spikes, runs with a spike, diverged runs) over every lr x final seed: from
+    the training-loss curves, or from the counts a summary entry keeps
+    (`lr_sensitivity.spikes` and `.diverged`, n_lr x n_final_seeds)."""
+    sens = run["lr_sensitivity"]
+    if "train_loss" in sens:
+        curves = [c for row in sens["train_loss"] for c in row]
+        n = [count_spikes(c) for c in curves]
+        return sum(n), sum(k > 0 for k in n), sum(diverged(c) for c in curves)
+    n = [int(k) for row in sens.get("spikes", []) for k in row]  # absent: none
+    return sum(n), sum(k > 0 for k in n), sum(bool(d) for row in sens.get("diverged", [])
+                                              for d in row)
+
+
+def runs_in_sweep(run: dict) -> int:
+    """The number of lr x final seed runs of a run file's learning-rate sweep."""
+    sens = run["lr_sensitivity"]
+    return sum(len(row) for row in sens.get("train_loss", sens["final_seed_metric"]))
 
 
 def tuning_check(run: dict) -> tuple[float, float, float, float]:
@@ -314,7 +327,7 @@ def _task_table(t: str, runs: dict, best: dict, sens: dict, baseline: str,
         r = runs[o]
         jb, js = best.get((t, o)), sens.get((t, o))
         spikes, with_spike, div = spike_counts(r)
-        n_runs = sum(len(row) for row in r["lr_sensitivity"]["train_loss"])
+        n_runs = runs_in_sweep(r)
         meas = r.get("measured") or {}
         note = " (extended)" if r["tuning"].get("extended") else ""
         rows.append([
@@ -360,12 +373,17 @@ def _tuning_lines(tasks: Tasks, order: list[str], opts: list[str]) -> list[str]:
                    [[f"`{o}`", *(cell(t, o) for t in order)] for o in opts])]
 
 
+def suite_tasks(tasks: Tasks) -> Tasks:
+    """The tasks of the gpt suite (those whose runs have an LR-sensitivity sweep)."""
+    return {t: runs for t, runs in tasks.items()
+            if any(r.get("suite") == SUITE and "lr_sensitivity" in r and
+                   "start_metric" in r["lr_sensitivity"] for r in runs.values())}
+
+
 def section(tasks: Tasks, out_dir: Path, baseline: str = "adamw") -> list[str]:
     """The markdown lines of the gpt section (and its figures under `out_dir`)."""
     lines = ["## GPT suite: learning-rate sensitivity, loss spikes, memory", ""]
-    tasks = {t: runs for t, runs in tasks.items()
-             if any(r.get("suite") == SUITE and "lr_sensitivity" in r and
-                    "start_metric" in r["lr_sensitivity"] for r in runs.values())}
+    tasks = suite_tasks(tasks)
     if not tasks:
         return lines + ["Not run.", ""]
     order = sorted(tasks, key=lambda t: _variant(next(iter(tasks[t].values()))))

@@ -27,7 +27,7 @@ from stam_optimizer.benchmarks.programme.records import (
     load_sweeps,
     write_atomic,
 )
-from stam_optimizer.benchmarks.report import gpt_report, plots, signal_report
+from stam_optimizer.benchmarks.report import gpt_report, plots, signal_report, summary
 from stam_optimizer.benchmarks.report.claims import (
     ablation_section,
     claims_section,
@@ -122,6 +122,17 @@ class _Context:
     tasks: Tasks
     sweeps: Tasks
     judged: dict[tuple[str, str], Judged]
+    signal: dict | None = None
+    raw: bool = True  # read from the raw run files, not from summary.json
+
+    def figure(self, name: str, raw: bool, draw, *args) -> Path | None:
+        """`draw(*args, path)` for a figure drawn from per-step series when every
+        record of it holds them (`raw`); otherwise the PNG already in the output
+        folder, or in the results folder (copied over), if there is one."""
+        path = self.out_dir / name
+        if raw:
+            return draw(*args, path)
+        return plots.kept(path, self.results_dir / name)
 
 
 # --- sections --------------------------------------------------------------------------
@@ -144,7 +155,7 @@ def _header(ctx: _Context) -> list[str]:
     optimizers = sorted({r["optimizer"] for r in runs})
     seeds = sorted({tuple(r["final"]["seeds"]) for r in runs})
     tune = sorted({tuple((r.get("tuning") or {}).get("seeds", ())) for r in runs})
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = _date()
     rel = _relative(ctx.results_dir, ctx.out_dir)
     source = ("the run files in this report's folder" if rel == "." else
               f"the run files in `{rel}` (relative to this report)")
@@ -268,23 +279,37 @@ def _level(level: float) -> str:
     return f"{100 * (1 - level):.{digits}f}%"
 
 
+def curve_names(run: dict) -> list[str]:
+    """The curves a run recorded: those of its raw file, or the names its summary
+    entry keeps (`final.curve_names`)."""
+    final = run["final"]
+    return list(final.get("curves") or final.get("curve_names") or [])
+
+
 def curve_for(metric: str, runs: dict[str, dict]) -> str | None:
     """The recorded curve to draw for `metric`: itself when the runs hold its curve,
     else the curve the metric is derived from (`post_shift_val_loss` → `val_loss`:
     the longest curve name the metric ends with), else None."""
-    names = {c for r in runs.values() for c in (r["final"].get("curves") or {})}
+    names = {c for r in runs.values() for c in curve_names(r)}
     if metric in names:
         return metric
     derived = [c for c in names if metric.endswith("_" + c)]
     return max(derived, key=len) if derived else None
 
 
-def _start_value(curve: str | None, runs: dict[str, dict]) -> float | None:
-    """The mean of `curve` at step 0 over every run and seed (ℓ₀), if recorded."""
+def start_value(curve: str | None, runs: dict[str, dict]) -> float | None:
+    """The mean of `curve` at step 0 over every run and seed (ℓ₀), if recorded; for
+    runs read from summary.json, the value it stored for the task."""
+    if not curve:
+        return None
+    stored = [r["final"]["curve_start"] for r in runs.values()
+              if "curves" not in r["final"] and r["final"].get("curve_start") is not None]
+    if stored:
+        return float(stored[0])
     values = []
     for r in runs.values():
         final = r["final"]
-        data = (final.get("curves") or {}).get(curve) if curve else None
+        data = (final.get("curves") or {}).get(curve)
         if data and final.get("eval_steps", [None])[0] == 0:
             values += [row[0] for row in data if row and row[0] is not None]
     finite = floats(values)
@@ -325,9 +350,13 @@ def _per_task(ctx: _Context) -> list[str]:
         lines += _mde_line(ctx, task, float(info["min_effect"]))
         name = _safe(task)
         curve = curve_for(metric, runs)
-        image = plots.curves(task, curve, runs, info.get("shift_steps") or [],
-                             ctx.out_dir / f"curves_{name}.png") if curve else None
-        if image is None:
+        raw = not any("curve_names" in r["final"] for r in runs.values())  # all from runs/
+        image = ctx.figure(f"curves_{name}.png", raw, plots.curves, task, curve, runs,
+                           info.get("shift_steps") or []) if curve else None
+        if image is None and curve and not ctx.raw:
+            lines += ["Curves: drawn from the raw run files (`runs/`), which are not here; "
+                      "`stam-bench run` writes them.", ""]
+        elif image is None:
             lines += [f"Curves: none recorded for `{metric}`.", ""]
         else:
             derived = ("" if curve == metric else
@@ -337,10 +366,13 @@ def _per_task(ctx: _Context) -> list[str]:
                       "(values of diverged seeds left out), dashed lines at distribution "
                       f"shifts.{derived}", "", *_image(image, f"{task} curves")]
         lines += _image(plots.lr_sensitivity(task, runs, ctx.out_dir / f"lr_{name}.png",
-                                             start=_start_value(curve, runs)),
+                                             start=start_value(curve, runs)),
                         f"{task} LR sensitivity")
-        lines += _image(plots.beta1(task, runs, ctx.out_dir / f"beta1_{name}.png"),
-                        f"{task} beta1 trajectories")
+        if any(r.get("beta1", {}).get("layers") or r.get("beta1_layers")
+               for r in runs.values()):
+            raw = not any(r.get("beta1_layers") for r in runs.values())
+            lines += _image(ctx.figure(f"beta1_{name}.png", raw, plots.beta1, task, runs),
+                            f"{task} beta1 trajectories")
     return lines
 
 
@@ -497,23 +529,71 @@ def _sweep_maps(ctx: _Context) -> list[str]:
 
 
 def _signal(ctx: _Context) -> list[str]:
-    return signal_report.signal_section(ctx.results_dir, ctx.out_dir,
-                                        load_optional(ctx.results_dir / "signal.json"))
+    return signal_report.signal_section(ctx.results_dir, ctx.out_dir, ctx.signal)
+
+
+def _comparisons(ctx: _Context) -> list[dict]:
+    """Every judged comparison with the baseline (the report's families and the gpt
+    suite's), for summary.json."""
+    out = [summary.comparison(j.family, t, o, ctx.baseline, j)
+           for (t, o), j in ctx.judged.items()]
+    best, sens = gpt_report.judge_suite(gpt_report.suite_tasks(ctx.tasks), ctx.baseline)
+    for judged in (best, sens):
+        out += [summary.comparison(j.family, t, o, ctx.baseline, j)
+                for (t, o), j in judged.items()]
+    return out
+
+
+def _merge(raw: list[dict], kept: list[dict]) -> list[dict]:
+    """The raw records, and those of summary.json whose (task, optimizer) has none,
+    in the order of the files under runs/ (task, then optimizer)."""
+    have = {(r["task"], r["optimizer"]) for r in raw}
+    out = raw + [r for r in kept if (r["task"], r["optimizer"]) not in have]
+    return sorted(out, key=lambda r: Path(r["task"], f"{r['optimizer']}.json"))  # as on disk
+
+
+def _load(results_dir: Path) -> tuple[list[dict], list[dict], dict | None, bool]:
+    """(runs, sweeps, signal, raw). summary.json stands for the raw records that
+    are not on disk: a (task, optimizer) with a raw file under runs/ or sweeps/ is
+    read from it, every other one from the summary, and signal.json, if there is
+    one, replaces the summary's signal. `raw`: some run was read from runs/."""
+    runs, sweeps = load_runs(results_dir), load_sweeps(results_dir)
+    signal = load_optional(results_dir / "signal.json")
+    raw = bool(runs)
+    data = summary.load(results_dir)
+    if data is not None:
+        runs = _merge(runs, summary.runs_from(data))
+        sweeps = _merge(sweeps, summary.sweeps_from(data))
+        signal = signal or summary.signal_from(data)
+    return runs, sweeps, signal, raw
+
+
+def _date() -> str:
+    """Now, or the time in SOURCE_DATE_EPOCH (reproducible builds) if it is set."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch
+            else datetime.datetime.now(datetime.timezone.utc))
+    return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  baseline: str = "adamw") -> Path:
-    """Writes report.md and its PNG figures for `results_dir`; returns the report path."""
+    """Writes report.md, its PNG figures and summary.json for `results_dir`; returns
+    the report path. Reads the raw records (runs/, sweeps/, signal.json) where there
+    are any, else summary.json."""
     results_dir = Path(results_dir)
     out = Path(out_dir) if out_dir is not None else results_dir
     out.mkdir(parents=True, exist_ok=True)
-    tasks = group(load_runs(results_dir))
-    ctx = _Context(results_dir, out, baseline, tasks, group(load_sweeps(results_dir)),
-                   compare_to_baseline(tasks, baseline))
+    runs, sweeps, signal, raw = _load(results_dir)
+    tasks = group(runs)
+    ctx = _Context(results_dir, out, baseline, tasks, group(sweeps),
+                   compare_to_baseline(tasks, baseline), signal, raw)
     lines: list[str] = []
     for section in (_header, _headline, _claims, _per_task, _forest, _int8, _ablation,
                     _signal, _gpt, _profile, _sweep_maps, _memory, _speed):
         lines += section(ctx)
+    summary.write(out / summary.FILE, summary.build(ctx.tasks, ctx.sweeps, ctx.signal,
+                                                    baseline, _comparisons(ctx)))
     path = out / "report.md"
     write_atomic(path, (re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip() + "\n").encode())
     return path

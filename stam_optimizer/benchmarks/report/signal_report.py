@@ -68,20 +68,27 @@ def signal_section(results_dir: Path, out_dir: Path, data: dict | None) -> list[
     lines += ["### Start-up on the stationary stream", "",
               *table(["optimizer", "entries", "β₁ at step 10", "at 100", "at 1000",
                        f"at {steps - 1}"], levels)]
-    kept = data["eval_steps"]
-    values = [v for r in data["runs"] for v in r["beta1"] if v is not None]
+    kept = data.get("eval_steps")
+    raw = kept is not None and all("beta1" in r for r in data["runs"])
+    values = [v for r in data["runs"] for v in r["beta1"] if v is not None] if raw else []
     lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
     pad = max(0.01, 0.05 * (hi - lo))
     lines += ["### β₁ over time, per stream", "",
               "Same y axis in every figure; the dashed line marks the change.", ""]
     for stream, info in data["streams"].items():
+        path = out_dir / f"signal_{stream}.png"
+        if not raw:  # a summary keeps no β₁ series: the PNG already drawn, if any
+            path = plots.kept(path, results_dir / path.name)
+            if path is not None:
+                lines += [f"![signal {stream}]({path.name})", ""]
+            continue
         series: dict[int, dict[str, tuple]] = {}
         for r in data["runs"]:
             if r["stream"] == stream:
                 series.setdefault(r["n"], {})[r["optimizer"]] = (kept, r["beta1"])
         path = plots.signal_stream(stream, info["description"], series,
                                    0 if stream == "stationary" else change,
-                                   (lo - pad, hi + pad), out_dir / f"signal_{stream}.png")
+                                   (lo - pad, hi + pad), path)
         if path is not None:
             lines += [f"![signal {stream}]({path.name})", ""]
     return lines
