@@ -73,6 +73,9 @@ def _run(task: str, opt: str, offset: float, level: np.ndarray, rng,
                   "extra": {}, "eval_steps": EVAL_STEPS,
                   "curves": {"val_loss": curves.tolist(), "train_loss": curves.tolist()},
                   "steps_to_target": reached},
+        # the final seeds at every lr: the tuned lr's values, worse elsewhere
+        "lr_sensitivity": {"lrs": lrs, "final_seed_metric": [
+            (final + (0.0 if lr == 1e-2 else 0.5)).astype(np.float32).tolist() for lr in lrs]},
         "diverged": [False] * len(seeds),
         "timing": {"compile_s": 1.0, "run_s": 0.1},
         "environment": {"jax": "0.0-test", "optax": "0.0-test", "cpu": "test cpu",
@@ -200,8 +203,9 @@ def test_claims_int8_and_ablation(full_report):
     claims = section(text, "## The 0.1.0 claims")
     assert "**Outcome: reproduced.**" in section(claims, "### (b)")
     assert "**Outcome: reproduced.**" in section(claims, "### (a)")  # stam_lite best by 0.2
-    int8 = section(text, "## int8 momentum parity")
-    assert f"on {len(OFFSETS)} of {len(OFFSETS)} tasks" in int8 and "tie (parity)" in int8
+    storage = section(text, "## Low-bit and bf16 state: parity with the float parent")
+    assert f"on {len(OFFSETS)} of {len(OFFSETS)}." in storage and "tie (parity)" in storage
+    assert "| `stam_lite_int8` | `stam_lite` | 0.01 |" in storage  # at the parent's lr
     ablation = section(text, "## Ablation")
     assert "Not run" in ablation  # no stam_fixed / stam_const_beta in this folder
 
@@ -225,7 +229,7 @@ def test_partial_results_still_make_a_report(tmp_path):
     assert "STAM beat AdamW on 1 of 1 tasks" in text
     assert "was not compared" in section(text, "## Headline")  # stam_lite absent
     assert "Not run" in section(text, "### (a)") and "Not run" in section(text, "### (b)")
-    for heading in ("## Sweeps", "## int8 momentum parity", "## Ablation"):
+    for heading in ("## Sweeps", "## Low-bit and bf16 state", "## Ablation"):
         assert "not run" in section(text, heading).lower(), heading
     memory = section(text, "## Memory")
     assert "`smoke.json`: not run" in memory and "`memory.json`: not run" in memory

@@ -10,12 +10,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from stam_optimizer.benchmarks.programme import registry
 from stam_optimizer.benchmarks.report.markdown import interval_text, number, table
 from stam_optimizer.benchmarks.report.stats import (
     ALPHA,
     VERDICTS,
     Judged,
     Tasks,
+    compare_at_parent_lr,
     compare_pairs,
     judge,
     mean_final,
@@ -135,7 +137,7 @@ def claims_section(tasks: Tasks, sweeps: Tasks) -> list[str]:
     return lines
 
 
-# --- int8 parity, ablation --------------------------------------------------------------
+# --- storage parity, ablation --------------------------------------------------------------
 
 def _pair_table(judged: dict[Any, Judged], tasks: Tasks, words: dict[str, str]) -> list[str]:
     rows = [[task, f"`{a}` {number(mean_final(tasks[task][a]))}",
@@ -146,17 +148,27 @@ def _pair_table(judged: dict[Any, Judged], tasks: Tasks, words: dict[str, str]) 
                    "Holm p", "verdict"], rows)
 
 
-def int8_section(tasks: Tasks) -> list[str]:
-    lines = ["## int8 momentum parity", ""]
-    judged = compare_pairs(tasks, [("stam_lite_int8", "stam_lite")])
+def storage_section(tasks: Tasks) -> list[str]:
+    """Each optimizer that stores its float parent's state differently (low-bit,
+    bf16: `registry.Entry.parent`) against that parent, at the parent's tuned
+    learning rate, paired by seed, one Holm family."""
+    lines = ["## Low-bit and bf16 state: parity with the float parent", ""]
+    pairs = [(n, e.parent) for n, e in registry.ENTRIES.items() if e.parent is not None]
+    judged = compare_at_parent_lr(tasks, pairs)
     if not judged:
-        return lines + ["Not run: no task has both `stam_lite` and `stam_lite_int8`.", ""]
-    words = {"tie": "tie (parity)", "win": "int8 better", "loss": "int8 worse",
+        return lines + ["Not run: no task has a storage variant and its float parent.", ""]
+    words = {"tie": "tie (parity)", "win": "variant better", "loss": "variant worse",
              "inconclusive": "inconclusive"}
+    rows = [[task, f"`{a}`", f"`{b}`", number(tasks[task][b]["final"]["lr"], 3),
+             interval_text(*j.diff[:3]), number(j.p_holm, 3), words.get(j.verdict, j.verdict)]
+            for (task, a, b), j in judged.items()]
     n_tie = sum(j.verdict == "tie" for j in judged.values())
-    return lines + [f"int8 − float32 momentum, paired by seed (Holm across tasks). Parity (CI "
-                    f"inside ±min_effect) on {n_tie} of {len(judged)} tasks.", "",
-                    *_pair_table(judged, tasks, words)]
+    return lines + [
+        "Variant − parent, both at the learning rate the parent was tuned to (switching "
+        "is a one-line change, without re-tuning), paired by seed, Holm across the rows. "
+        f"Parity (the whole 95% CI inside ±min_effect) on {n_tie} of {len(judged)}.", "",
+        *table(["task", "variant", "parent", "parent's lr", "variant − parent [CI]", "Holm p",
+                "verdict"], rows)]
 
 
 def ablation_section(tasks: Tasks, baseline: str) -> list[str]:

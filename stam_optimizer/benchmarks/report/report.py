@@ -4,7 +4,7 @@ Nothing here runs an optimizer: every number comes from the JSON files described
 in docs/benchmark_format.md. Missing pieces (some tasks or optimizers, no sweeps,
 no smoke/memory/speed files) make the matching sections say "not run"; a file
 that cannot be read is skipped with a warning. Paired comparisons, verdicts and the
-claim, int8 and ablation sections live in `claims.py`.
+claim, storage-parity and ablation sections live in `claims.py`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from stam_optimizer.benchmarks.report import gpt_report, plots, signal_report, s
 from stam_optimizer.benchmarks.report.claims import (
     ablation_section,
     claims_section,
-    int8_section,
+    storage_section,
 )
 from stam_optimizer.benchmarks.report.markdown import (
     interval_text,
@@ -401,8 +401,8 @@ def _claims(ctx: _Context) -> list[str]:
     return claims_section(ctx.tasks, ctx.sweeps)
 
 
-def _int8(ctx: _Context) -> list[str]:
-    return int8_section(ctx.tasks)
+def _storage(ctx: _Context) -> list[str]:
+    return storage_section(ctx.tasks)
 
 
 def _ablation(ctx: _Context) -> list[str]:
@@ -589,7 +589,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
     ctx = _Context(results_dir, out, baseline, tasks, group(sweeps),
                    compare_to_baseline(tasks, baseline), signal, raw)
     lines: list[str] = []
-    for section in (_header, _headline, _claims, _per_task, _forest, _int8, _ablation,
+    for section in (_header, _headline, _claims, _per_task, _forest, _storage, _ablation,
                     _signal, _gpt, _profile, _sweep_maps, _memory, _speed):
         lines += section(ctx)
     summary.write(out / summary.FILE, summary.build(ctx.tasks, ctx.sweeps, ctx.signal,

@@ -289,6 +289,35 @@ def paired_runs(a: dict, b: dict) -> PairedDiff:
     return paired_values(a["final"]["seeds"], final_values(a), b["final"]["seeds"], final_values(b))
 
 
+def values_at_lr(run: dict, lr: float) -> np.ndarray | None:
+    """The final seeds' metric of `run` at learning rate `lr` of its sweep (the
+    lr-sensitivity record holds every lr x final seed); None where `lr` was not run."""
+    sens = run.get("lr_sensitivity") or {}
+    for i, x in enumerate(sens.get("lrs", [])):
+        if math.isclose(x, lr, rel_tol=1e-9):
+            return floats(sens["final_seed_metric"][i])
+    return None
+
+
+def compare_at_parent_lr(tasks: Tasks, pairs: list[tuple[str, str]]) -> dict[Any, Judged]:
+    """`a − b` for each (a, b) in `pairs` on every task having both, with `a` taken at
+    the learning rate `b` was tuned to (a user switches from b to a by changing one
+    line, not by re-tuning); one Holm family. A task where `a` did not run that
+    learning rate is left out."""
+    tests = {}
+    for t, runs in tasks.items():
+        for a, b in pairs:
+            if a not in runs or b not in runs:
+                continue
+            at = values_at_lr(runs[a], runs[b]["final"]["lr"])
+            if at is not None:
+                tests[(t, a, b)] = (paired_values(runs[a]["final"]["seeds"], at,
+                                                  runs[b]["final"]["seeds"],
+                                                  final_values(runs[b])),
+                                    task_info(runs)["min_effect"])
+    return judge(tests)
+
+
 def task_info(runs: dict[str, dict]) -> dict:
     """The task description shared by the runs of one task."""
     return next(iter(runs.values()))["task_info"]
