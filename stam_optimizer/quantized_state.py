@@ -242,8 +242,8 @@ def quantized_state(
     keeps one float32 scale (its largest |x|) and one 8-bit code or half a
     byte per element (`low_bit_codecs`): signed maps `x̂ = s·sign(q)·(|q|/L)²`,
     non-negative maps `v̂ = s·((q+1)/L)²` that never decode a positive value
-    to zero (Li et al.'s zero-point problem). State bytes per element: 8 bits,
-    block 256: 1 + 4/256 = 1.016; 4 bits, block 128: 0.5 + 4/128 = 0.531.
+    to zero (Li et al.'s zero-point problem). State bytes per element, block
+    128: 8 bits 1 + 4/128 = 1.031; 4 bits 0.5 + 4/128 = 0.531.
 
     Non-finite values: a NaN or ±Inf in a state leaf after `inner.update`
     makes its block's scale non-finite, and that block decodes to NaN at the
@@ -262,7 +262,7 @@ def quantized_state(
         4096 (biases and norms stay float32; a float32 scale per few bytes
         would save little).
       block_size: largest number of elements per block, ≥ 1, or None for the
-        measured default (256 at 8 bits, 128 at 4 bits; docs/memory.md).
+        measured default (128 at either width; docs/memory.md).
       stochastic_rounding: round unbiasedly between neighbouring codes
         (keyed from `seed`, the step count and the leaf), so that slow EMAs
         (β₂ = 0.999 at 4 bits) do not freeze. Default False.
