@@ -12,8 +12,8 @@ Signed maps (`signed(bits, power)`), for first moments. With `L = 2^(bits−1) �
     x̂ = s·sign(q)·(|q|/L)^p.
 
 Zero is exact, the block maximum is exact, and the error is at most half a
-code step: `|x̂ − x| ≤ s·((|q|+½)^p − (|q|−½)^p)/(2·L^p)` — at most
-`s·p/(2L)` (p ≥ 1) at the top, finer towards zero. `SIGNED8 = signed(8, 2)` is
+code step: `|x̂ − x| ≤ s·(p/2)·(r + ½)^(p−1)/L^p` with `r = L·|x/s|^(1/p)` — at
+most about `s·p/(2L)` at the top, finer towards zero. `SIGNED8 = signed(8, 2)` is
 `square_int8.CODEC` (STAMLite's int8 μ); `SIGNED4 = signed(4, 2)` is its 4-bit
 form. Values below `s/(2L)^p` round to 0 (a first moment may: it is not
 divided by).
@@ -29,10 +29,13 @@ so no code of a block with `s > 0` decodes to 0: the smallest value is
 division by ~0). A map with a zero code rounds tiny positive `v` to 0, which
 turns `m/(√v̂ + ε)` into `m/ε` — the zero-point problem that Li et al. (2023)
 found behind most low-bit Adam divergences. Only an all-zero block (scale 0)
-decodes to zeros. `NONNEG8 = nonnegative(8, 2)`, `NONNEG4 = nonnegative(4, 2)`:
-with p = 2, √v̂ = √s·(q+1)/L is linear in the code, so `1/√v̂` — what Adam's
-update uses — is within a factor `(q+1)/(q+½)` of `1/√v` for the entries
-rounded down, and within `(q+1)/(q+1.5)` for those rounded up.
+decodes to zeros. `NONNEG8 = nonnegative(8, 4)`, `NONNEG4 = nonnegative(4, 4)`:
+with p = 4, √v̂ = √s·((q+1)/L)² is the signed square law on √v, which keeps
+the small entries that `1/√v̂` — what Adam's update divides by — is most
+sensitive to (measured: half the error in `1/(√v + ε)` of p = 2 at either
+width, docs/memory.md). The error is at most `s·(p/2)·(r + ½)^(p−1)/L^p` with
+`r = L·(v/s)^(1/p)` (half a code step, by the mean value theorem), plus
+`s/L^p` for the entries below the smallest level.
 
 4-bit codes are packed two per byte: the first half of a block's codes in the
 low nibbles, the second half in the high ones (an odd block gets one padding
@@ -150,8 +153,8 @@ def nonnegative(bits: int, power: float) -> Codec:
 
 SIGNED8 = signed(8, 2)
 SIGNED4 = signed(4, 2)
-NONNEG8 = nonnegative(8, 2)
-NONNEG4 = nonnegative(4, 2)
+NONNEG8 = nonnegative(8, 4)
+NONNEG4 = nonnegative(4, 4)
 
 # Default block size per width (largest elements per float32 scale): see docs/memory.md
 # (lower round-trip error than 256, and at 256 XLA:CPU materialises the float state

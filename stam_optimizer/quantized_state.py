@@ -241,7 +241,7 @@ def quantized_state(
     `ceil(n/block_size)` blocks of equal size (`blockwise.layout`); each block
     keeps one float32 scale (its largest |x|) and one 8-bit code or half a
     byte per element (`low_bit_codecs`): signed maps `x̂ = s·sign(q)·(|q|/L)²`,
-    non-negative maps `v̂ = s·((q+1)/L)²` that never decode a positive value
+    non-negative maps `v̂ = s·((q+1)/L)⁴` that never decode a positive value
     to zero (Li et al.'s zero-point problem). State bytes per element, block
     128: 8 bits 1 + 4/128 = 1.031; 4 bits 0.5 + 4/128 = 0.531.
 

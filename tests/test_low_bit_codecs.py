@@ -1,12 +1,13 @@
 """The 8- and 4-bit codecs of `low_bit_codecs` against a float64 NumPy reference.
 
 Reference (`_ref_roundtrip`): the maps of the module docstring evaluated in
-float64, nearest rounding. Stated bounds, per element of a block of scale s,
-with r the value in level units (`L·|x/s|^(1/p)`, |q − r| ≤ ½ for p = 2):
+float64, nearest rounding (signed p = 2, non-negative p = 4). Stated bounds, per
+element of a block of scale s, with r the value in level units (`L·|x/s|^(1/p)`,
+|q − r| ≤ ½):
 
-* signed: |x̂ − x| = s·|q² − r²|/L² ≤ s·½·(2r + ½)/L² = √(|x|·s)/L + s/(4L²);
-* non-negative: the same where r ≥ ½; below, v̂ = s/L² (never 0), so
-  |v̂ − v| ≤ √(v·s)/L + s/L² everywhere, and v̂ ≥ s/L² > 0 whenever s > 0.
+* |x̂ − x| = s·|q^p − r^p|/L^p ≤ s·(p/2)·(r + ½)^(p−1)/L^p (mean value theorem);
+* non-negative: below the smallest level (r < ½) v̂ = s/L^p (never 0), so
+  add s/L^p; v̂ ≥ s/L^p > 0 whenever s > 0.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def _ref_roundtrip(x: np.ndarray, bits: int, signed: bool, block: int) -> np.nda
         q = np.clip(np.round(L * np.sqrt(np.abs(xb) / safe)), 0, L)
         out = s * np.sign(xb) * (q / L) ** 2
     else:
-        q = np.clip(np.round(L * np.sqrt(np.clip(xb, 0, None) / safe)), 1, L)
-        out = s * (q / L) ** 2
+        q = np.clip(np.round(L * (np.clip(xb, 0, None) / safe) ** 0.25), 1, L)
+        out = s * (q / L) ** 4
     return out.reshape(*x.shape[:-1], -1)[..., :x.shape[-1]]
 
 
@@ -63,8 +64,9 @@ def _scales(x: np.ndarray, block: int) -> np.ndarray:
 
 
 def _bound(x: np.ndarray, s: np.ndarray, L: int, signed: bool) -> np.ndarray:
-    tail = s / (4 * L**2) if signed else s / L**2
-    return np.sqrt(np.abs(x) * s) / L + tail
+    p = 2 if signed else 4
+    r = L * (np.abs(x) / np.where(s > 0, s, 1)) ** (1 / p)
+    return s * (p / 2) * (r + 0.5) ** (p - 1) / L**p + (0 if signed else s / L**p)
 
 
 def _tensor(shape, seed=0, heavy=True):
@@ -178,8 +180,9 @@ def test_stochastic_rounding_is_unbiased(name):
     runs = np.asarray(draw(jax.vmap(jax.random.PRNGKey)(jnp.arange(n))), np.float64)
     # Each element rounds to one of two codes `gap` apart: the mean of n draws has
     # a standard deviation of at most gap/(2√n); allow 4 of them.
-    r = np.floor(_levels(bits, name in SIGNED) * np.sqrt(np.abs(x[0].astype(np.float64))))
-    gap = (2 * r + 1) / _levels(bits, name in SIGNED) ** 2
+    p, L = (2, _levels(bits, True)) if name in SIGNED else (4, _levels(bits, False))
+    r = np.floor(L * np.abs(x[0].astype(np.float64)) ** (1 / p))
+    gap = ((r + 1) ** p - r**p) / L**p
     err_sr = np.abs(runs.mean(0) - x[0])
     assert np.all(err_sr <= 4 * gap / (2 * np.sqrt(n)) + 1e-6)
     nearest = _roundtrip(x, codec, 64)[0]
