@@ -14,6 +14,12 @@ from stam_optimizer import quantize  # the public module of the int8 state (`so.
 from stam_optimizer.adams import ScaleByAdamsState, adams, scale_by_adams
 from stam_optimizer.diagnostics import find_states, tree_beta1, tree_nonfinite
 from stam_optimizer.legacy import STAM, STAMLite
+from stam_optimizer.quantized_state import (
+    QuantizedStateState,
+    dequantize_state,
+    quantize_state,
+    quantized_state,
+)
 from stam_optimizer.stam import ScaleByStamState, scale_by_stam, stam
 from stam_optimizer.stam_lite import ScaleByStamLiteState, scale_by_stam_lite, stam_lite
 
@@ -22,12 +28,16 @@ __version__ = "0.2.0.dev0"
 __all__ = [
     "STAM",
     "STAMLite",
+    "QuantizedStateState",
     "ScaleByAdamsState",
     "ScaleByStamLiteState",
     "ScaleByStamState",
     "adams",
+    "dequantize_state",
     "find_states",
     "quantize",
+    "quantize_state",
+    "quantized_state",
     "scale_by_adams",
     "scale_by_stam",
     "scale_by_stam_lite",

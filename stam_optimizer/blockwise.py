@@ -46,12 +46,25 @@ class Codec(NamedTuple):
         `(..., n_blocks, block)`; `key` (or None) switches on stochastic rounding.
       decode: `codes -> unit_values`, the inverse up to rounding.
       zero: the code of 0 (the padded tails and an all-zero block hold it).
+      per_byte: codes per byte: 1, or 2 for 4-bit codes packed in pairs, whose
+        `encode` gives `(..., n_blocks, ceil(block/2))` bytes and whose `decode`
+        gives `(..., n_blocks, 2·ceil(block/2))` values (the padding dropped by
+        `dequantize`). Default 1.
     """
 
     name: str
     encode: Callable[[jax.Array, jax.Array | None], jax.Array]
     decode: Callable[[jax.Array], jax.Array]
     zero: int
+    per_byte: int = 1
+
+
+def code_bytes(codec: Codec, block: int) -> tuple[int, int]:
+    """`(width, byte)`: the bytes per block of `codec`'s codes, and the byte that
+    holds its zero code in every slot."""
+    if codec.per_byte == 1:
+        return block, codec.zero
+    return -(-block // 2), codec.zero | (codec.zero << 4)
 
 
 def layout(shape: tuple[int, ...], block_size: int = 256) -> tuple[int, int]:
@@ -203,7 +216,11 @@ def encode_blocks(values: jax.Array, scales: jax.Array, codec: Codec,
                   key: jax.Array | None = None) -> jax.Array:
     """The `codec`'s codes of `values` (..., n_blocks, block) against the block `scales`."""
     # 1/scale first: a codec's large factor over the scale could overflow for tiny scales.
-    return codec.encode(values * (1 / safe_scales(scales))[..., None], key)
+    # Above 2¹⁰⁰ both sides are brought down by 2⁻⁶⁴ first, or 1/scale would be a
+    # subnormal that XLA:CPU flushes to 0 (every code would then be 0's).
+    scales = safe_scales(scales)
+    down = jnp.where(scales > 2.0**100, 2.0**-64, 1.0).astype(scales.dtype)
+    return codec.encode((values * down[..., None]) * (1 / (scales * down))[..., None], key)
 
 
 def decode_blocks(q: QuantizedArray, codec: Codec) -> jax.Array:
@@ -222,13 +239,18 @@ def quantize(x: jax.Array, codec: Codec, block: int = 256,
 
 def dequantize(q: QuantizedArray, shape: tuple[int, ...], codec: Codec) -> jax.Array:
     """float32 values of `q`, of `shape` (the padded tails are dropped)."""
-    return unblock(decode_blocks(q, codec), shape)
+    values = decode_blocks(q, codec)
+    block = -(-shape[-1] // values.shape[-2]) if shape[-1] else values.shape[-1]
+    if values.shape[-1] != block:  # packed codes: a padding code per odd block
+        values = values[..., :block]
+    return unblock(values, shape)
 
 
 def zeros(shape: tuple[int, ...], codec: Codec, block: int = 256) -> QuantizedArray:
     """The quantised zero tensor of `shape` (at least 1-D)."""
     n_blocks, width = layout(shape, block)
-    return QuantizedArray(jnp.full((*shape[:-1], n_blocks, width), codec.zero, jnp.uint8),
+    width, byte = code_bytes(codec, width)
+    return QuantizedArray(jnp.full((*shape[:-1], n_blocks, width), byte, jnp.uint8),
                           jnp.zeros((*shape[:-1], n_blocks), jnp.float32))
 
 
@@ -251,8 +273,9 @@ def zeros_like(x: jax.Array, codec: Codec, block: int = 256) -> QuantizedArray:
     spec = codes_spec(spec, mesh, x.shape, block)
     scale_spec = state_sharding.scales_spec(spec, x.ndim)
     if state_sharding.explicit_sharding(x) is not None:
-        codes = jnp.full_like(blocks(jnp.zeros_like(x, dtype=jnp.uint8), block, spec),
-                              codec.zero)
+        codes = blocks(jnp.zeros_like(x, dtype=jnp.uint8), block, spec)
+        width, byte = code_bytes(codec, codes.shape[-1])
+        codes = jnp.full_like(codes[..., :width], byte)
         return QuantizedArray(codes, jnp.zeros_like(codes[..., 0], dtype=jnp.float32))
     q = zeros(x.shape, codec, block)
     return QuantizedArray(

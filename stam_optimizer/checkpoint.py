@@ -95,7 +95,9 @@ def _quantized_shardings(q: QuantizedArray, param_sharding: Sharding | None,
     if not isinstance(param_sharding, NamedSharding) or param_sharding.is_fully_replicated:
         return QuantizedArray(replicated, replicated)
     mesh = param_sharding.mesh
-    codes = codes_spec(param_sharding.spec, mesh, param_shape, blocks=q.codes.shape[-2:])
+    n_blocks = q.codes.shape[-2]  # the block from the layout: packed codes are narrower
+    codes = codes_spec(param_sharding.spec, mesh, param_shape,
+                       blocks=(n_blocks, -(-param_shape[-1] // n_blocks)))
     return QuantizedArray(NamedSharding(mesh, codes),
                              NamedSharding(mesh, scales_spec(codes, len(param_shape))))
 
