@@ -225,16 +225,36 @@ def encode_blocks(values: jax.Array, scales: jax.Array, codec: Codec,
 
 def decode_blocks(q: QuantizedArray, codec: Codec) -> jax.Array:
     """float32 values of `q`, as (..., n_blocks, block) with the padded tails."""
-    return codec.decode(q.codes) * q.scales[..., None]
+    return codec.decode(q.codes) * q.scales.astype(jnp.float32)[..., None]
 
 
-def quantize(x: jax.Array, codec: Codec, block: int = 256,
-             key: jax.Array | None = None) -> QuantizedArray:
+def round_up_scales(scales: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Non-negative float32 block `scales` stored in `dtype`: each the smallest
+    `dtype` value at or above it, so that every |x| of its block stays within the
+    stored scale (a bfloat16 scale is at most 2⁻⁷ above the float32 one). A scale
+    beyond `dtype`'s largest finite value saturates there (the block's largest
+    entries are then clipped to it); NaN stays NaN. float32 returns `scales`.
+    (bfloat16 has float32's exponent range: a float32 subnormal scale, which
+    XLA:CPU flushes to 0 anyway, stays 0.)"""
+    dtype = jnp.dtype(dtype)
+    if dtype == scales.dtype:
+        return scales
+    big = jnp.finfo(dtype).max
+    nearest = jnp.minimum(scales, big.astype(scales.dtype)).astype(dtype)
+    bits = jax.lax.bitcast_convert_type(nearest, jnp.dtype(f"uint{8 * dtype.itemsize}"))
+    up = jax.lax.bitcast_convert_type(bits + 1, dtype)
+    return jnp.where(nearest.astype(scales.dtype) < jnp.minimum(scales, big), up, nearest)
+
+
+def quantize(x: jax.Array, codec: Codec, block: int = 256, key: jax.Array | None = None,
+             scale_dtype: jnp.dtype = jnp.float32) -> QuantizedArray:
     """Quantises `x` (at least 1-D) blockwise with `codec`, `block` being the block
-    size limit (see `layout`); `key` switches on stochastic rounding."""
+    size limit (see `layout`); `key` switches on stochastic rounding; the scales are
+    stored in `scale_dtype` (`round_up_scales`)."""
     values = blocks(x.astype(jnp.float32), block)
-    scales = block_absmax(lambda lo, hi: values[..., lo:hi], values.shape[-1])
-    return QuantizedArray(encode_blocks(values, scales, codec, key), scales)
+    scales = round_up_scales(block_absmax(lambda lo, hi: values[..., lo:hi], values.shape[-1]),
+                             scale_dtype)
+    return QuantizedArray(encode_blocks(values, scales.astype(jnp.float32), codec, key), scales)
 
 
 def dequantize(q: QuantizedArray, shape: tuple[int, ...], codec: Codec) -> jax.Array:

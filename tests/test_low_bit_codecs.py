@@ -194,3 +194,40 @@ def test_bits_are_validated():
         low_bit_codecs.signed(2, 2)
     with pytest.raises(ValueError, match="codec kind"):
         low_bit_codecs.codec("positive", 8)
+
+
+def test_bfloat16_scales_are_the_smallest_bfloat16_at_or_above_the_float32_scale():
+    rng = np.random.default_rng(3)
+    s = np.concatenate([rng.lognormal(0.0, 20.0, 4000), [0.0, 1.0, 1e-38, 3.0e38, 3.4e38]])
+    s = s.astype(np.float32)
+    got = np.asarray(blockwise.round_up_scales(jnp.asarray(s), jnp.bfloat16), np.float64)
+    big = float(jnp.finfo(jnp.bfloat16).max)
+    want = np.minimum(s.astype(np.float64), big)
+    tiny = float(jnp.finfo(jnp.float32).tiny)
+    want[want < tiny] = 0.0  # XLA:CPU flushes float32 subnormals to zero
+    assert np.all(got >= want)
+    # the next bfloat16 down (one ulp less) would be below the scale: smallest at or above
+    below = np.asarray(jax.lax.bitcast_convert_type(
+        jax.lax.bitcast_convert_type(jnp.asarray(got, jnp.bfloat16), jnp.uint16) - 1,
+        jnp.bfloat16), np.float64)
+    pos = want > 0
+    assert np.all(below[pos] < want[pos])
+    assert np.all(got <= want * (1 + 2.0**-7))
+    assert np.all(got[want == 0] == 0.0)
+    nan = blockwise.round_up_scales(jnp.asarray([np.nan], jnp.float32), jnp.bfloat16)
+    assert np.isnan(np.asarray(nan, np.float32)).all()
+
+
+def test_bfloat16_scales_never_clip_a_block():
+    """Every value of a block decodes within the codec's bound of its own scale: the
+    stored bfloat16 scale is never below the block's largest |x|."""
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(16, 256)) * 1.37, jnp.float32)
+    q = blockwise.quantize(x, low_bit_codecs.SIGNED8, 128, scale_dtype=jnp.bfloat16)
+    assert q.scales.dtype == jnp.bfloat16
+    top = jnp.max(jnp.abs(x.reshape(16, 2, 128)), axis=-1)
+    assert bool(jnp.all(q.scales.astype(jnp.float32) >= top))
+    back = blockwise.dequantize(q, x.shape, low_bit_codecs.SIGNED8)
+    err = np.abs(np.asarray(back, np.float64) - np.asarray(x, np.float64))
+    s = np.repeat(np.asarray(q.scales, np.float64), 128, axis=-1)
+    bound = np.sqrt(np.abs(np.asarray(x, np.float64)) * s) / 127 + s / (4 * 127**2)
+    assert np.all(err <= bound * (1 + 1e-6))

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from stam_optimizer import blockwise, low_bit_codecs
-from stam_optimizer.benchmarks.task import Config
+from stam_optimizer.benchmarks.programme.task import Config
 from stam_optimizer.benchmarks.tasks import gpt
 
 

@@ -182,6 +182,16 @@ def _muon(lr: Any, r: Recipe) -> optax.GradientTransformation:
     return optax.contrib.muon(lr, weight_decay=r.weight_decay, **extra)
 
 
+def _adamw(lr: Any, r: Recipe) -> optax.GradientTransformation:
+    return optax.adamw(lr, weight_decay=r.weight_decay, **r.given(b1="b1", b2="b2", eps="eps"))
+
+
+def _low_bit(build: Build, bits: int) -> Build:
+    """`build`'s optimizer with its state stored in `bits` bits (`so.quantized_state`
+    at its defaults)."""
+    return lambda lr, r: so.quantized_state(build(lr, r), bits=bits)
+
+
 def _schedule_free_eval(params: Any, state: Any) -> Any:
     found = [s for s in jax.tree.leaves(state, is_leaf=_is_schedule_free)
              if _is_schedule_free(s)]
@@ -260,9 +270,8 @@ for _entry in (
           notes="as stam_full with α = 0 and β₁ fixed at the mean β₁ that stam_full used "
                 "on the task (AdamW with that β₁): does adapting β₁ matter, or only its "
                 "level?"),
-    Entry("adamw", lambda lr, r: optax.adamw(lr, weight_decay=r.weight_decay,
-                                             **r.given(b1="b1", b2="b2", eps="eps")),
-          "AdamW", decoupled_wd=True, update_bytes=28, quick=True, gpt=True, ablation=True,
+    Entry("adamw", _adamw, "AdamW", decoupled_wd=True, update_bytes=28, quick=True, gpt=True,
+          ablation=True,
           notes="b1 0.9, b2 0.95, eps 1e-8 (the LLM baseline)"),
     Entry("adam", lambda lr, r: optax.adam(lr, **r.given(b1="b1", b2="b2", eps="eps")),
           "Adam", notes="no weight decay"),
@@ -290,6 +299,15 @@ for _entry in (
           notes="Newton–Schulz on the block matrices (beta 0.95, nesterov); embedding, "
                 "positions, head and gains by its internal Adam with b2 0.95; one learning "
                 "rate for both"),
+    Entry("adamw_8bit", _low_bit(_adamw, 8), "AdamW 8-bit", decoupled_wd=True,
+          storage="int8", parent="adamw", gpt=True,
+          notes="as adamw, μ and ν stored in 8 bits (so.quantized_state)"),
+    Entry("adamw_4bit", _low_bit(_adamw, 4), "AdamW 4-bit", decoupled_wd=True,
+          storage="int4", parent="adamw", gpt=True,
+          notes="as adamw, μ and ν stored in 4 bits (so.quantized_state)"),
+    Entry("muon_8bit", _low_bit(_muon, 8), "Muon 8-bit", storage="int8", parent="muon",
+          gpt=True, notes="as muon, its momentum and its Adam's moments stored in 8 bits "
+                          "(so.quantized_state)"),
     Entry("schedule_free_adamw",
           lambda lr, r: optax.contrib.schedule_free_adamw(
               lr, weight_decay=r.weight_decay, **r.given(b1="b1", b2="b2", eps="eps")),
