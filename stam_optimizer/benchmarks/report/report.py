@@ -501,6 +501,13 @@ def _signal(ctx: _Context) -> list[str]:
                                         load_optional(ctx.results_dir / "signal.json"))
 
 
+def _chinchilla(ctx: _Context) -> list[str]:
+    """The one-Chinchilla regime: its primary family (`chinchilla_report`)."""
+    from stam_optimizer.benchmarks.report import chinchilla_report
+
+    return chinchilla_report.section(ctx.tasks)
+
+
 def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  baseline: str = "adamw") -> Path:
     """Writes report.md and its PNG figures for `results_dir`; returns the report path."""
@@ -512,7 +519,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                    compare_to_baseline(tasks, baseline))
     lines: list[str] = []
     for section in (_header, _headline, _claims, _per_task, _forest, _int8, _ablation,
-                    _signal, _gpt, _profile, _sweep_maps, _memory, _speed):
+                    _signal, _gpt, _chinchilla, _profile, _sweep_maps, _memory, _speed):
         lines += section(ctx)
     path = out / "report.md"
     write_atomic(path, (re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip() + "\n").encode())
