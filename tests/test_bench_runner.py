@@ -149,12 +149,15 @@ def test_every_task_builds_at_tiny_size(tmp_path):
     for name, make in TASKS.items():
         if name.startswith(("mnist_", "fashion_", "cifar")):
             continue  # need --data-dir; their loaders are tested in test_bench_data
-        task = make(cfg)
+        gpu_only = name in SUITES["chinchilla"].gpu_tasks  # built at its own size
+        task = make(dataclasses.replace(cfg, size="gpu") if gpu_only else cfg)
         assert task.steps % task.eval_every == 0 and task.metric
         params = task.init(jax.random.key(0))
         loss = jax.jit(task.loss)(params, task.batch(jax.random.key(1), 0))
         assert np.isfinite(float(loss)), name
         metrics = jax.jit(task.evaluate)(params, 0)
+        if task.test is not None:
+            metrics |= jax.jit(task.test)(params)
         assert task.metric in (set(metrics) | {"post_shift_val_loss"})
 
 
@@ -398,7 +401,7 @@ def test_every_option_has_help_and_shows_its_default():
             if action.default not in (None, False):
                 assert "default" in text, (name, action.dest, text)
     run_help = _subparsers()["run"].format_help()
-    assert "--size {tiny,quick,full}" in run_help
+    assert "--size {tiny,quick,full,gpu}" in run_help
     assert "tiny (seconds, for tests)" in run_help and "(default: quick)" in run_help
 
 

@@ -2,7 +2,7 @@
 
     stam-bench quick                every suite at small size, then the report (~5 min)
     stam-bench full                 every suite, every registry optimizer, then the report
-    stam-bench run SUITE...         chosen suites (--size tiny|quick|full)
+    stam-bench run SUITE...         chosen suites (--size tiny|quick|full|gpu)
     stam-bench report               rebuild report.md, plots and summary.json from a results folder
     stam-bench list                 optimizers, tasks and suites
     stam-bench speed [options]      update-only and train-step timing
@@ -227,7 +227,8 @@ def _add_programme_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("suites", nargs="+", type=_suite, metavar="SUITE")
     p.add_argument("--size", choices=list(sizes.SIZES), default="quick",
                    help="problem size and seeds: tiny (seconds, for tests), quick (as "
-                        "stam-bench quick), full (as stam-bench full)")
+                        "stam-bench quick), full (as stam-bench full), gpu (the "
+                        "one-Chinchilla task for one GPU; suites gpt and chinchilla)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("report", help="build report.md and plots from a results folder")
     p.add_argument("--results", default="results/quick", help="results folder to read")

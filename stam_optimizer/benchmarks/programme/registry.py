@@ -319,6 +319,30 @@ for _entry in (
     add(_entry)
 
 
+# AdamW with its β₁ tuned too: the one-Chinchilla regime runs AdamW at each β₁ of
+# this grid (β₁ 0.9 is `adamw` itself) and keeps, per task, the β₁ whose tuning
+# seeds did best, so that no optimizer wins by a β₁ AdamW was not allowed to tune.
+ADAMW_BETA1_GRID = (0.7, 0.8, 0.95)
+
+
+def adamw_beta1_entry(b: float) -> Entry:
+    """AdamW with β₁ = b and otherwise `adamw`'s recipe, named `adamw_b1_<b>`."""
+    if not 0.0 < b < 1.0:
+        raise ValueError(f"adamw_beta1_entry: b must be in (0, 1), got {b}")
+
+    def build(lr: Any, r: Recipe) -> optax.GradientTransformation:
+        return optax.adamw(lr, weight_decay=r.weight_decay,
+                           **(r.given(b2="b2", eps="eps") | {"b1": b}))
+
+    return Entry(f"adamw_b1_{b:g}", build, f"AdamW β₁={b:g}", decoupled_wd=True,
+                 update_bytes=28, full=False,
+                 notes=f"as adamw with β₁ = {b:g} (the β₁-tuned AdamW's grid)")
+
+
+for _b in ADAMW_BETA1_GRID:
+    add(adamw_beta1_entry(_b))
+
+
 def entry(name: str) -> Entry:
     """The entry of `name` (a `"stam_const_beta=<b>"` name gives STAM with a constant
     β₁ of b); raises ValueError listing the names."""

@@ -10,6 +10,10 @@ Protocol (the same for every optimizer):
    points are added beyond that edge (same log spacing) and the choice is redone;
 3. the final seeds at the selected learning rate are the reported result.
 
+A task with `final_at_best` (long runs) runs step 1 on the tuning seeds only and
+then the final seeds at the selected learning rate alone, in a second program;
+its record holds nan (None) for the final seeds at the other learning rates.
+
 Every registry optimizer ends in `scale_by_learning_rate`, so its update is
 exactly `lr * update_at_lr_1`: the program builds the optimizer at lr = 1 and
 multiplies by a traced per-run learning rate (tested bit for bit). For the
@@ -67,13 +71,15 @@ def build(task: Task, name: str, sweep_wd: bool = False):
     def one(lr, wd, seed):
         k_init, k_data, k_noise = jax.random.split(jax.random.key(seed), 3)
         params = task.init(k_init)
+
+        def batch_at(t):
+            return task.batch(k_data if task.seed_batches else jax.random.fold_in(k_data, t), t)
         tx = task.make_optimizer(name, lr) if own else tx_lr1
         state = tx.init(params)
 
         def train_step(carry, t):
             params, state = carry
-            value, grads = jax.value_and_grad(task.loss)(
-                params, task.batch(jax.random.fold_in(k_data, t), t))
+            value, grads = jax.value_and_grad(task.loss)(params, batch_at(t))
             if task.grad_noise:
                 leaves, tdef = jax.tree.flatten(grads)
                 keys = jax.random.split(jax.random.fold_in(k_noise, t), len(leaves))
@@ -101,7 +107,7 @@ def build(task: Task, name: str, sweep_wd: bool = False):
             obs = observe(*carry, (i + 1) * task.eval_every)
             return carry, obs | {"train_loss": losses.mean()}
 
-        first = task.loss(params, task.batch(jax.random.fold_in(k_data, 0), 0))
+        first = task.loss(params, batch_at(0))
         obs0 = observe(params, state, 0) | {"train_loss": first}
         (params, _), obs = jax.lax.scan(chunk, (params, state), jnp.arange(n_chunks))
         obs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), obs0, obs)
@@ -166,7 +172,8 @@ def tune_and_run(task: Task, name: str, tune_seeds: list[int], final_seeds: list
     seeds = list(tune_seeds) + list(final_seeds)
     nt = len(tune_seeds)
     lrs = list(task.lr_grid)
-    out, compile_s, run_s = execute(task, name, lrs, seeds)
+    run_seeds = list(tune_seeds) if task.final_at_best else seeds
+    out, compile_s, run_s = execute(task, name, lrs, run_seeds)
     extended = False
 
     def select(out, lrs):
@@ -177,12 +184,16 @@ def tune_and_run(task: Task, name: str, tune_seeds: list[int], final_seeds: list
     best, score = select(out, lrs)
     extra = _grid_extension(lrs, best) if np.isfinite(score[best]) else None
     if extra:
-        more, c2, r2 = execute(task, name, extra, seeds)
+        more, c2, r2 = execute(task, name, extra, run_seeds)
         compile_s, run_s, extended = compile_s + c2, run_s + r2, True
         lrs = sorted(lrs + extra)
         order = np.argsort([*task.lr_grid, *extra])
         out = {k: np.concatenate([out[k], more[k]])[order] for k in out}
         best, score = select(out, lrs)
+    if task.final_at_best:
+        more, c3, r3 = execute(task, name, [lrs[best]], final_seeds)
+        compile_s, run_s = compile_s + c3, run_s + r3
+        out = _with_final_seeds(out, more, best)
 
     final = derived_metrics(task, out)
     steps = eval_steps(task)
@@ -207,7 +218,8 @@ def tune_and_run(task: Task, name: str, tune_seeds: list[int], final_seeds: list
                                                                                           nt:]),
                              "train_loss": _clean(out["train_loss"][:, 0, nt:])}
     if f"metrics/{task.metric}" in out:  # ℓ₀ per final seed (the same at every lr)
-        rec["lr_sensitivity"]["start_metric"] = _clean(out[f"metrics/{task.metric}"][0, 0, nt:, 0])
+        rec["lr_sensitivity"]["start_metric"] = _clean(
+            out[f"metrics/{task.metric}"][best, 0, nt:, 0])
     if "beta1" in out:
         params = jax.eval_shape(task.init, jax.random.key(0))
         b1 = out["beta1"][best, 0, nt]  # first final seed: (evals+1, leaves)
@@ -221,6 +233,19 @@ def tune_and_run(task: Task, name: str, tune_seeds: list[int], final_seeds: list
         rec["measured"] = task.record(name)
     rec["environment"] = records.environment()
     return rec
+
+
+def _with_final_seeds(tuned: dict, final: dict, best: int) -> dict:
+    """The outputs of the tuning seeds (lrs, 1, tuning seeds, ...) with the final
+    seeds' (1, 1, final seeds, ...) appended on the seed axis at learning rate
+    `best`, nan at the others."""
+    out = {}
+    for k, a in tuned.items():
+        b = np.asarray(final[k], np.float64)
+        pad = np.full(a.shape[:2] + b.shape[2:], np.nan)
+        pad[best] = b[0]
+        out[k] = np.concatenate([np.asarray(a, np.float64), pad], axis=2)
+    return out
 
 
 def sweep(task: Task, name: str, lrs: list[float], wds: list[float], seeds: list[int],

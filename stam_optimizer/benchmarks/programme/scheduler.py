@@ -26,7 +26,7 @@ import optax
 
 from stam_optimizer.benchmarks.measure import memory, signal_streams, speed
 from stam_optimizer.benchmarks.programme import records, registry, runner, sizes
-from stam_optimizer.benchmarks.programme.suites import SUITES, TASKS
+from stam_optimizer.benchmarks.programme.suites import SUITES, TASK_OPTIMIZERS, TASKS
 from stam_optimizer.benchmarks.programme.task import Config, Task
 from stam_optimizer.benchmarks.tasks.data import DatasetMissing
 
@@ -55,9 +55,13 @@ def optimizers_for(suite: str, task: str, size: str, chosen: Sequence[str] | Non
     overrides, `extra` (--optimizer, user factories) joins every suite."""
     s = SUITES[suite]
     narrow = size != "full" and s.narrow_at_quick
-    names = list(chosen) if chosen else [
-        n for n, e in registry.ENTRIES.items()
-        if getattr(e, s.member) is True and (not narrow or e.on_task(task))]
+    if chosen:
+        names = list(chosen)
+    elif task in TASK_OPTIMIZERS:
+        names = TASK_OPTIMIZERS[task](size)
+    else:
+        names = [n for n, e in registry.ENTRIES.items()
+                 if getattr(e, s.member) is True and (not narrow or e.on_task(task))]
     names += [n for n in extra if n not in names]
     if s.kind == "sweep":
         names = [n for n in names if registry.entry(n).decoupled_wd]
@@ -71,7 +75,7 @@ def plan(suites: Sequence[str], size: str, chosen: Sequence[str] | None = None,
     for suite in suites:
         s = SUITES[suite]
         kind = "sweep" if s.kind == "sweep" else "run"
-        for task in s.quick_tasks if size != "full" and s.quick_tasks is not None else s.tasks:
+        for task in s.tasks_at(size):
             for name in optimizers_for(suite, task, size, chosen, extra):
                 source = source_of(name)
                 if source is not None and kind != "run":
@@ -265,6 +269,12 @@ def _check_arguments(suites: Sequence[str], size: str, workers: int) -> None:
         if s not in SUITES:
             raise ValueError(f"unknown suite {s!r}; choose from {', '.join(SUITES)}")
     sizes.get(size)  # ValueError naming the sizes
+    if size == "gpu":
+        bare = [s for s in suites if not SUITES[s].tasks_at("gpu")]
+        if bare:
+            raise ValueError(f"size 'gpu' runs only suites with gpu tasks "
+                             f"({', '.join(n for n, s in SUITES.items() if s.gpu_tasks)}); "
+                             f"not {', '.join(bare)}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
 

@@ -1,4 +1,4 @@
-"""The sizes of the benchmark programme (`--size tiny|quick|full`): everything
+"""The sizes of the benchmark programme (`--size tiny|quick|full|gpu`): everything
 the programme itself changes with the size, in one object per size.
 
 A task's own dimensions (steps, batch, data) come from `Config.pick` inside the
@@ -69,6 +69,9 @@ SIZES: dict[str, Size] = {
                  timing_tasks=("mlp", "transformer"),
                  signal_steps=3000, signal_sizes=(64, 4096, 16384), signal_window=200),
 }
+# One GPU (`stam-bench run chinchilla --size gpu`): only the suites with gpu tasks run
+# at this size, each task with its own grid and seeds; the rest is as at full.
+SIZES["gpu"] = dataclasses.replace(SIZES["full"], name="gpu")
 
 
 def get(name: str) -> Size:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from stam_optimizer.benchmarks.programme.task import Config, Task
 from stam_optimizer.benchmarks.tasks import (
+    chinchilla,
     convex,
     gpt,
     language,
@@ -47,7 +48,13 @@ TASKS: dict[str, Callable[[Config], Task]] = {
     "cifar10_mlp": real_data.cifar10_mlp,
     "cifar10_cnn": real_data.cifar10_cnn,
     **gpt.TASKS,
+    **chinchilla.TASKS,
 }
+
+# Tasks that choose their own optimizers (`size -> names`) instead of the suite's
+# membership attribute: the one-Chinchilla regime runs the primary family's.
+TASK_OPTIMIZERS: dict[str, Callable[[str], list[str]]] = dict.fromkeys(chinchilla.TASKS,
+                                                                       chinchilla.optimizers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +73,20 @@ class Suite:
     narrow_at_quick: bool = True
     quick_tasks: tuple[str, ...] | None = None  # quick and tiny sizes (None: `tasks`)
     kind: str = "tasks"
+    tiny_tasks: tuple[str, ...] | None = None  # tiny size (None: as quick)
+    gpu_tasks: tuple[str, ...] = ()  # the gpu size (one GPU; never in CI)
+
+    def tasks_at(self, size: str) -> tuple[str, ...]:
+        """The suite's tasks at `size`: `tasks` at full, `gpu_tasks` at gpu,
+        `tiny_tasks` (else `quick_tasks`) at tiny, `quick_tasks` at quick; where
+        those are None, `tasks`."""
+        if size == "full":
+            return self.tasks
+        if size == "gpu":
+            return self.gpu_tasks
+        if size == "tiny" and self.tiny_tasks is not None:
+            return self.tiny_tasks
+        return self.tasks if self.quick_tasks is None else self.quick_tasks
 
 
 SUITES: dict[str, Suite] = {
@@ -92,9 +113,16 @@ SUITES: dict[str, Suite] = {
     "images": Suite("MNIST, Fashion-MNIST, CIFAR-10 from --data-dir (MLP and CNN)",
                     ("mnist_mlp", "mnist_cnn", "fashion_mnist_mlp", "fashion_mnist_cnn",
                      "cifar10_mlp", "cifar10_cnn")),
-    "gpt": Suite("small GPTs with warmup + cosine: LR sensitivity, loss spikes, memory",
-                 tuple(v.name for v in gpt.VARIANTS),
-                 member="gpt", quick_tasks=tuple(v.name for v in gpt.QUICK_VARIANTS)),
+    "gpt": Suite("small GPTs with warmup + cosine: LR sensitivity, loss spikes, memory; "
+                 "at full size also the one-Chinchilla regime",
+                 tuple(v.name for v in gpt.VARIANTS) + chinchilla.FULL_TASKS,
+                 member="gpt", quick_tasks=tuple(v.name for v in gpt.QUICK_VARIANTS),
+                 gpu_tasks=chinchilla.GPU_TASKS),
+    "chinchilla": Suite("one Chinchilla: small GPTs on 20 tokens per non-embedding parameter "
+                        "of CPython source, 3 widths and an 8x batch; the primary family "
+                        "(not at quick size)",
+                        chinchilla.FULL_TASKS, quick_tasks=(),
+                        tiny_tasks=chinchilla.FULL_TASKS, gpu_tasks=chinchilla.GPU_TASKS),
     "memory": Suite("optimizer-state bytes per parameter and compiled step memory",
                     kind="memory"),
     "timing": Suite("update and train-step timing (stam-bench speed)", kind="timing"),

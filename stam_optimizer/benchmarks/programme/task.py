@@ -87,6 +87,14 @@ class Task:
     seeds: tuple[list[int], list[int]] | None = None  # (tuning, final); None: the size's
     fixed_grid: bool = False  # True: `lr_grid` is kept, not replaced by the size's grid
     record: Callable[[str], dict] | None = None  # optimizer -> extra JSON for its run file
+    # True: `batch(key, step)` gets the seed's own data key at every step (not one
+    # folded with the step), so a task can fix a whole order of batches per seed,
+    # such as a permutation of windows drawn without replacement.
+    seed_batches: bool = False
+    # True: tune on the tuning seeds alone, then run the final seeds at the chosen
+    # learning rate only (two programs; the final seeds are not run at the other
+    # learning rates, so a long run costs tuning + final seeds, not their product).
+    final_at_best: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.eval_every < 1 or self.steps % self.eval_every:

@@ -576,6 +576,13 @@ def _date() -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _chinchilla(ctx: _Context) -> list[str]:
+    """The one-Chinchilla regime: its primary family (`chinchilla_report`)."""
+    from stam_optimizer.benchmarks.report import chinchilla_report
+
+    return chinchilla_report.section(ctx.tasks)
+
+
 def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  baseline: str = "adamw") -> Path:
     """Writes report.md, its PNG figures and summary.json for `results_dir`; returns
@@ -590,7 +597,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
                    compare_to_baseline(tasks, baseline), signal, raw)
     lines: list[str] = []
     for section in (_header, _headline, _claims, _per_task, _forest, _storage, _ablation,
-                    _signal, _gpt, _profile, _sweep_maps, _memory, _speed):
+                    _signal, _gpt, _chinchilla, _profile, _sweep_maps, _memory, _speed):
         lines += section(ctx)
     summary.write(out / summary.FILE, summary.build(ctx.tasks, ctx.sweeps, ctx.signal,
                                                     baseline, _comparisons(ctx)))
