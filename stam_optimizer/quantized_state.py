@@ -89,11 +89,19 @@ def _plan(inner: optax.GradientTransformation, state: Any, params: Any, bits: in
     Candidates are the leaves that `optax.tree_map_params` finds at the params'
     positions in `inner`'s state, floating, non-empty, at least 1-D and of the
     shape of one of the params (so adafactor's row and column statistics, or
-    Muon's Newton–Schulz coefficients, are not)."""
+    Muon's Newton–Schulz coefficients, are not). Where `tree_map_params` cannot
+    run `inner.init` (a callable of the params inside it), the shape test alone
+    decides."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(state)
-    at_params = treedef.flatten_up_to(optax.tree_map_params(
-        inner, lambda _: True, state, transform_non_params=lambda _: False,
-        is_leaf=lambda x: _shape_dtype(x) is not None))
+    try:
+        at_params = treedef.flatten_up_to(optax.tree_map_params(
+            inner, lambda _: True, state, transform_non_params=lambda _: False,
+            is_leaf=lambda x: _shape_dtype(x) is not None))
+    except (AttributeError, TypeError):
+        # an `init` that cannot take optax's params placeholder (a callable of the
+        # params, such as Muon's dimension numbers, reads it as a tree): every leaf
+        # is a candidate, and the shape test below decides
+        at_params = [True] * len(flat)
     param_shapes = {sd[0] for p in jax.tree.leaves(params)
                     if (sd := _shape_dtype(p)) is not None}
     codecs = []
