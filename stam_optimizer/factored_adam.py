@@ -100,14 +100,14 @@ def _zeros_without_axis(p: Any, axis: int, dtype: jnp.dtype) -> jax.Array:
     return out
 
 
-def _check_min_dim(min_dim_to_factor: Any) -> int:
-    check_interval_int("min_dim_to_factor", min_dim_to_factor)
+def _min_dim(min_dim_to_factor: Any) -> int:
+    """`min_dim_to_factor` as an int, for `init`; TypeError when it is traced."""
     value = concrete_float(min_dim_to_factor)
     if value is None:
         raise TypeError(
             "min_dim_to_factor decides the shapes of the state and must be a concrete"
-            " integer; under optax.inject_hyperparams list it in static_args"
-            " (static_args=('min_dim_to_factor',))")
+            " integer when init runs; under optax.inject_hyperparams with a jitted init,"
+            " list it in static_args (static_args=('min_dim_to_factor',))")
     return int(value)
 
 
@@ -134,7 +134,9 @@ def scale_by_factored_adam(
       u  = (μ / (1−b1^(t+1))) / (√(ν / (1−b2^(t+1))) + eps)
 
     `ν` is 0 where `mean(R) = 0` (only possible with `factored_eps = 0` before
-    any non-zero gradient). Leaves that are not factored follow
+    any non-zero gradient), and +inf where the formula gives NaN (R or C
+    overflowed: a float32 gradient entry beyond about 1.8e19, where Adam's ν
+    is infinite too). Leaves that are not factored follow
     `optax.scale_by_adam(b1, b2, eps)` exactly, and so does a factored leaf
     whose g² is one fixed rank-one pattern times a scalar per step, with
     `factored_eps=0`.
@@ -148,8 +150,8 @@ def scale_by_factored_adam(
       min_dim_to_factor: a leaf is factored when it has two axes or more and
         its last two each have at least this many entries; an integer ≥ 1.
         Default 128, Adafactor's (`optax.adafactor`'s `min_dim_size_to_factor`):
-        R and C then take at most 2/128 of the leaf's size. Static under
-        `optax.inject_hyperparams` (list it in `static_args`).
+        R and C then take at most 2/128 of the leaf's size. Read by `init`
+        only: the state's shapes keep the choice.
       mu_dtype: storage dtype of μ ("float32", "bfloat16", "float16" or a
         dtype); default: each param's own dtype. ν, R and C are kept in the
         statistics dtype.
@@ -176,13 +178,14 @@ def scale_by_factored_adam(
     check_unit_open("b2", b2)
     check_range("eps", eps, 0.0)
     check_range("factored_eps", factored_eps, 0.0)
-    min_dim = _check_min_dim(min_dim_to_factor)
+    check_interval_int("min_dim_to_factor", min_dim_to_factor)
     mu_dtype = resolve_dtype("mu_dtype", mu_dtype, FLOAT_STATE_DTYPES)
 
     def init_fn(params):
         params = as_arrays(params)
         check_real("scale_by_factored_adam", params)
         leaves = jax.tree.leaves(params)
+        min_dim = _min_dim(min_dim_to_factor)
 
         def stat(p):
             return jnp.promote_types(p.dtype, jnp.float32)
@@ -224,7 +227,9 @@ def scale_by_factored_adam(
             g = sanitize(g, dt)
             mu, mu_read = store_and_read(b1 * mu.astype(dt) + (1 - b1) * g, mu.dtype, dt)
             g2 = g * g
-            if is_factored(g.shape, min_dim):
+            # init chose: a factored leaf has an empty ν (and update needs no
+            # min_dim_to_factor, which inject_hyperparams may trace)
+            if nu.shape != g.shape:
                 row = b2 * row + (1 - b2) * (jnp.mean(g2, axis=-1) + factored_eps)
                 col = b2 * col + (1 - b2) * (jnp.mean(g2, axis=-2) + factored_eps)
                 row_mean = jnp.mean(row, axis=-1, keepdims=True)
@@ -232,6 +237,9 @@ def scale_by_factored_adam(
                 row_scale = jnp.where(row_mean > 0, row / jnp.where(row_mean > 0, row_mean, 1),
                                       0)
                 v = row_scale[..., :, None] * col[..., None, :]
+                # inf/inf or 0·inf from an overflowed R or C: ν is infinite there,
+                # as Adam's ν would be (u = 0)
+                v = jnp.where(jnp.isnan(v), jnp.asarray(jnp.inf, v.dtype), v)
                 new_row, new_col, new_nu = row.astype(dt), col.astype(dt), nu
             else:
                 v = b2 * nu + (1 - b2) * g2
