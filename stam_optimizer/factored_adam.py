@@ -21,14 +21,16 @@ import optax
 
 from stam_optimizer._common import (
     count_flagged,
+    is_boxed,
     map_leaves,
     one_minus_pow,
     sanitize,
+    unbox,
     vector,
     with_decay_and_lr,
     zeros_like_tree,
 )
-from stam_optimizer._reductions import nonfinite_sums
+from stam_optimizer._reductions import SANITIZE_CHUNK, nonfinite_sums
 from stam_optimizer._storage import store_and_read
 from stam_optimizer._validation import (
     FLOAT_STATE_DTYPES,
@@ -43,6 +45,7 @@ from stam_optimizer._validation import (
     grad_leaves,
     resolve_dtype,
 )
+from stam_optimizer.state_sharding import explicit_sharding, explicitly_sharded
 
 # Adafactor's threshold (optax.adafactor's `min_dim_size_to_factor`): the
 # statistics of a factored (r, c) leaf take (r + c)/(r·c) ≤ 2/128 of its size.
@@ -87,17 +90,73 @@ def is_factored(shape: tuple[int, ...], min_dim_to_factor: int) -> bool:
     return len(shape) >= 2 and min(shape[-2:]) >= min_dim_to_factor
 
 
+def _without(spec: Any, ndim: int, axis: int) -> jax.sharding.PartitionSpec:
+    spec = tuple(spec) + (None,) * (ndim - len(tuple(spec)))
+    return jax.sharding.PartitionSpec(*spec[:axis], *spec[axis + 1:])
+
+
 def _zeros_without_axis(p: Any, axis: int, dtype: jnp.dtype) -> jax.Array:
-    """Zeros shaped like `p` without `axis`, sharded like `p` on the other axes."""
-    shape = tuple(d for i, d in enumerate(p.shape) if i != axis % len(p.shape))
+    """Zeros shaped like `p` without `axis`, sharded like `p` on the other axes
+    (as the update's reduction over `axis` leaves them)."""
+    axis %= len(p.shape)
+    shape = tuple(d for i, d in enumerate(p.shape) if i != axis)
+    found = explicit_sharding(p) if isinstance(p, jax.Array) else None
+    if found is not None:  # an Explicit-axis type, traced or not
+        mesh, spec = found
+        return jnp.zeros(shape, dtype, out_sharding=jax.sharding.NamedSharding(
+            mesh, _without(spec, len(p.shape), axis)))
     out = jnp.zeros(shape, dtype)
     sharding = getattr(p, "sharding", None)
     if isinstance(sharding, jax.sharding.NamedSharding) and not isinstance(p, jax.core.Tracer):
-        spec = tuple(sharding.spec) + (None,) * (len(p.shape) - len(sharding.spec))
-        spec = spec[:axis % len(p.shape)] + spec[axis % len(p.shape) + 1:]
         out = jax.device_put(out, jax.sharding.NamedSharding(
-            sharding.mesh, jax.sharding.PartitionSpec(*spec)))
+            sharding.mesh, _without(sharding.spec, len(p.shape), axis)))
     return out
+
+
+def _row_col_sums(g: jax.Array, flagged: jax.Array, dtype: jnp.dtype
+                  ) -> tuple[jax.Array, jax.Array]:
+    """`sum(g², axis=-1)` and `sum(g², axis=-2)` of the sanitised `g`, in `dtype`.
+
+    The plain statement is `plain()`. Without a non-finite entry (`flagged`
+    False: `sum(g)` is finite) it equals `raw()`, whose two reductions each
+    read `g` on their own: XLA:CPU would write a shared or sanitised g² out as
+    a param-sized temporary first (see `tensor_sums`). With one, `chunked()`
+    sanitises whole rows, about `SANITIZE_CHUNK` elements at a time, for the
+    same reason; its column sums add the chunks in another order (rounding).
+    """
+    def raw():
+        x = g.astype(dtype)
+        rows = jnp.sum(x * x, axis=-1)
+        y, rows = jax.lax.optimization_barrier((g, rows))
+        y = y.astype(dtype)
+        return rows, jnp.sum(y * y, axis=-2)
+
+    def plain():
+        x = sanitize(g, dtype)
+        x2 = x * x
+        return jnp.sum(x2, axis=-1), jnp.sum(x2, axis=-2)
+
+    def chunked():
+        x = g.reshape((-1, *g.shape[-2:]))  # (L, r, c): L matrices
+        n, r, c = x.shape
+        k = max(d for d in range(1, r + 1) if r % d == 0 and (d * c <= SANITIZE_CHUNK or d == 1))
+        blocks = r // k
+
+        def body(i, acc):
+            rows, cols = acc
+            m, j = i // blocks, i % blocks
+            y = sanitize(jax.lax.dynamic_slice(x, (m, j * k, 0), (1, k, c)), dtype)
+            y2 = y * y
+            rows = jax.lax.dynamic_update_slice(rows, jnp.sum(y2, axis=-1), (m, j * k))
+            col = jax.lax.dynamic_slice(cols, (m, 0), (1, c)) + jnp.sum(y2, axis=-2)
+            return rows, jax.lax.dynamic_update_slice(cols, col, (m, 0))
+
+        rows, cols = jax.lax.fori_loop(0, n * blocks, body, (jnp.zeros((n, r), dtype),
+                                                             jnp.zeros((n, c), dtype)))
+        return rows.reshape(g.shape[:-1]), cols.reshape((*g.shape[:-2], c))
+
+    # a leaf sharded on an Explicit-axis mesh is not reshaped (see tensor_sums)
+    return jax.lax.cond(flagged, plain if explicitly_sharded(g) else chunked, raw)
 
 
 def _min_dim(min_dim_to_factor: Any) -> int:
@@ -193,24 +252,29 @@ def scale_by_factored_adam(
         def empty(p):
             return jnp.zeros((0,), stat(p))
 
+        # R, C and the empty buffers are plain arrays even where a param is a
+        # flax Variable, whose sharding metadata names the param's axes.
         def row(p):
-            return _zeros_without_axis(p, -1, stat(p)) if is_factored(p.shape, min_dim) \
-                else empty(p)
+            x = unbox(p)
+            return _zeros_without_axis(x, -1, stat(x)) if is_factored(x.shape, min_dim) \
+                else empty(x)
 
         def col(p):
-            return _zeros_without_axis(p, -2, stat(p)) if is_factored(p.shape, min_dim) \
-                else empty(p)
+            x = unbox(p)
+            return _zeros_without_axis(x, -2, stat(x)) if is_factored(x.shape, min_dim) \
+                else empty(x)
 
-        def full(p):
-            return empty(p) if is_factored(p.shape, min_dim) \
-                else jnp.zeros_like(p, dtype=stat(p))
+        def full(p):  # a param-shaped ν keeps the Variable, as μ does
+            x = unbox(p)
+            return empty(x) if is_factored(x.shape, min_dim) \
+                else jax.tree.map(lambda y: jnp.zeros_like(y, dtype=stat(y)), p)
 
         return ScaleByFactoredAdamState(
             count=jnp.zeros([], jnp.int32),
             mu=zeros_like_tree(params, mu_dtype),
-            nu_row=jax.tree.map(row, params),
-            nu_col=jax.tree.map(col, params),
-            nu=jax.tree.map(full, params),
+            nu_row=jax.tree.map(row, params, is_leaf=is_boxed),
+            nu_col=jax.tree.map(col, params, is_leaf=is_boxed),
+            nu=jax.tree.map(full, params, is_leaf=is_boxed),
             nonfinite=vector(len(leaves), 0, jnp.int32, leaves))
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -222,16 +286,19 @@ def scale_by_factored_adam(
         buffers = [treedef.flatten_up_to(x) for x in
                    (state.mu, state.nu_row, state.nu_col, state.nu)]
 
-        def leaf_update(g, mu, row, col, nu):
+        def leaf_update(g, mu, row, col, nu, flagged):
             dt = jnp.promote_types(jnp.promote_types(g.dtype, jnp.float32), nu.dtype)
-            g = sanitize(g, dt)
-            mu, mu_read = store_and_read(b1 * mu.astype(dt) + (1 - b1) * g, mu.dtype, dt)
-            g2 = g * g
             # init chose: a factored leaf has an empty ν (and update needs no
             # min_dim_to_factor, which inject_hyperparams may trace)
-            if nu.shape != g.shape:
-                row = b2 * row + (1 - b2) * (jnp.mean(g2, axis=-1) + factored_eps)
-                col = b2 * col + (1 - b2) * (jnp.mean(g2, axis=-2) + factored_eps)
+            factored = nu.shape != g.shape
+            if factored:
+                row_sum, col_sum = _row_col_sums(g, flagged, dt)
+            g = sanitize(g, dt)
+            mu, mu_read = store_and_read(b1 * mu.astype(dt) + (1 - b1) * g, mu.dtype, dt)
+            if factored:
+                n_row, n_col = g.shape[-1], g.shape[-2]
+                row = b2 * row + (1 - b2) * (row_sum / n_row + factored_eps)
+                col = b2 * col + (1 - b2) * (col_sum / n_col + factored_eps)
                 row_mean = jnp.mean(row, axis=-1, keepdims=True)
                 # R / mean(R) first: R_i·C_j of two tiny entries would underflow
                 row_scale = jnp.where(row_mean > 0, row / jnp.where(row_mean > 0, row_mean, 1),
@@ -242,7 +309,7 @@ def scale_by_factored_adam(
                 v = jnp.where(jnp.isnan(v), jnp.asarray(jnp.inf, v.dtype), v)
                 new_row, new_col, new_nu = row.astype(dt), col.astype(dt), nu
             else:
-                v = b2 * nu + (1 - b2) * g2
+                v = b2 * nu + (1 - b2) * g * g
                 new_row, new_col, new_nu = row, col, v
             mu_hat = mu_read / one_minus_pow(b1, t + 1, dt)
             nu_hat = v / one_minus_pow(b2, t + 1, dt)
@@ -250,7 +317,7 @@ def scale_by_factored_adam(
             return (u, mu, new_row.astype(row.dtype), new_col.astype(col.dtype),
                     new_nu.astype(nu.dtype))
 
-        us, (mus, rows, cols, nus) = map_leaves(leaf_update, gs, buffers, ())
+        us, (mus, rows, cols, nus) = map_leaves(leaf_update, gs, buffers, (flagged,))
         return treedef.unflatten(us), ScaleByFactoredAdamState(
             count=optax.safe_increment(t),
             mu=treedef.unflatten(mus),
