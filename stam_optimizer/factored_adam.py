@@ -100,17 +100,17 @@ def _zeros_without_axis(p: Any, axis: int, dtype: jnp.dtype) -> jax.Array:
     (as the update's reduction over `axis` leaves them)."""
     axis %= len(p.shape)
     shape = tuple(d for i, d in enumerate(p.shape) if i != axis)
-    found = explicit_sharding(p) if isinstance(p, jax.Array) else None
-    if found is not None:  # an Explicit-axis type, traced or not
-        mesh, spec = found
-        return jnp.zeros(shape, dtype, out_sharding=jax.sharding.NamedSharding(
-            mesh, _without(spec, len(p.shape), axis)))
-    out = jnp.zeros(shape, dtype)
     sharding = getattr(p, "sharding", None)
-    if isinstance(sharding, jax.sharding.NamedSharding) and not isinstance(p, jax.core.Tracer):
-        out = jax.device_put(out, jax.sharding.NamedSharding(
+    if isinstance(p, jax.core.Tracer):
+        found = explicit_sharding(p)
+        if found is not None:  # an Explicit-axis type (jitted init)
+            mesh, spec = found
+            return jnp.zeros(shape, dtype, out_sharding=jax.sharding.NamedSharding(
+                mesh, _without(spec, len(p.shape), axis)))
+    elif isinstance(sharding, jax.sharding.NamedSharding):  # concrete: its own mesh
+        return jax.device_put(jnp.zeros(shape, dtype), jax.sharding.NamedSharding(
             sharding.mesh, _without(sharding.spec, len(p.shape), axis)))
-    return out
+    return jnp.zeros(shape, dtype)
 
 
 def _row_col_sums(g: jax.Array, flagged: jax.Array, dtype: jnp.dtype
@@ -151,8 +151,9 @@ def _row_col_sums(g: jax.Array, flagged: jax.Array, dtype: jnp.dtype
             col = jax.lax.dynamic_slice(cols, (m, 0), (1, c)) + jnp.sum(y2, axis=-2)
             return rows, jax.lax.dynamic_update_slice(cols, col, (m, 0))
 
-        rows, cols = jax.lax.fori_loop(0, n * blocks, body, (jnp.zeros((n, r), dtype),
-                                                             jnp.zeros((n, c), dtype)))
+        # zeros of x's type (a replicated leaf on an Explicit mesh keeps its mesh)
+        init = (jnp.zeros_like(x[:, :, 0], dtype), jnp.zeros_like(x[:, 0, :], dtype))
+        rows, cols = jax.lax.fori_loop(0, n * blocks, body, init)
         return rows.reshape(g.shape[:-1]), cols.reshape((*g.shape[:-2], c))
 
     # a leaf sharded on an Explicit-axis mesh is not reshaped (see tensor_sums)
