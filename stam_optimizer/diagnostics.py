@@ -12,11 +12,13 @@ import optax
 from stam_optimizer._common import is_boxed, unbox
 from stam_optimizer.adams import ScaleByAdamsState
 from stam_optimizer.blockwise import QuantizedArray
+from stam_optimizer.factored_adam import ScaleByFactoredAdamState
 from stam_optimizer.stam import ScaleByStamState
 from stam_optimizer.stam_lite import ScaleByStamLiteState
 
 _STATES = (ScaleByStamState, ScaleByStamLiteState)
-_COUNTED = (ScaleByStamState, ScaleByStamLiteState, ScaleByAdamsState)
+_COUNTED = (ScaleByStamState, ScaleByStamLiteState, ScaleByAdamsState,
+            ScaleByFactoredAdamState)
 
 
 _is_boxed = is_boxed
@@ -71,8 +73,8 @@ def tree_beta1(opt_state: Any, params: Any) -> Any:
 def tree_nonfinite(opt_state: Any, params: Any) -> Any:
     """Per leaf, the number of steps whose gradient had a NaN or ±Inf entry.
 
-    STAM, STAMLite and AdamS replace non-finite gradient entries by 0 and go
-    on; this reads back how often that happened to each tensor (the
+    STAM, STAMLite, AdamS and factored AdamW replace non-finite gradient
+    entries by 0 and go on; this reads back how often that happened to each tensor (the
     `nonfinite` field of their states; see the state docstrings for exactly
     what counts). Log it next to `tree_beta1`. The states are found inside any
     chain or wrapper, as for `tree_beta1`. Leaves that none of these optimizers
@@ -102,8 +104,9 @@ def tree_nonfinite(opt_state: Any, params: Any) -> Any:
     states = [s for s in states if isinstance(s, _COUNTED)]
     if not states:
         raise ValueError(
-            "tree_nonfinite: opt_state holds no STAM, STAMLite or AdamS state; build the"
-            " optimizer with stam_optimizer.stam / stam_lite / adams / scale_by_*"
+            "tree_nonfinite: opt_state holds no STAM, STAMLite, AdamS or factored AdamW"
+            " state; build the optimizer with stam_optimizer.stam / stam_lite / adams /"
+            " factored_adamw / scale_by_*"
         )
     out: list[Any] = [jnp.asarray(-1, jnp.int32)] * len(leaves)
     for state in states:

@@ -16,7 +16,10 @@ import stam_optimizer as so
 
 INT8 = {"state_dtype": "int8", "min_quantized_size": 0}
 # Options of int8 STAMLite that fix the state layout: static under inject_hyperparams.
-STATIC_ARGS = ("state_dtype", "block_size", "min_quantized_size", "stochastic_rounding", "seed")
+STATIC_ARGS = ("state_dtype", "block_size", "min_quantized_size", "stochastic_rounding", "seed",
+               "min_dim_to_factor")  # and factored AdamW's choice of factored leaves
+# Factored AdamW with every matrix of the test trees factored (the default 128 factors none).
+SMALL_FACTOR = {"min_dim_to_factor": 2}
 
 # name -> (alias factory, its keyword arguments besides learning_rate)
 SPECS: dict[str, tuple[Callable[..., optax.GradientTransformationExtraArgs], dict]] = {
@@ -28,6 +31,8 @@ SPECS: dict[str, tuple[Callable[..., optax.GradientTransformationExtraArgs], dic
     "stam_energy": (so.stam, {"signal": "energy"}),
     "stam_lite_energy": (so.stam_lite, {"signal": "energy"}),
     "adams": (so.adams, {}),
+    "factored_adamw": (so.factored_adamw, {}),
+    "factored_adamw_small": (so.factored_adamw, SMALL_FACTOR),
 }
 # name -> (scale_by_* factory, its keyword arguments)
 TRANSFORM_SPECS: dict[str, tuple[Callable[..., optax.GradientTransformationExtraArgs], dict]] = {
@@ -37,6 +42,7 @@ TRANSFORM_SPECS: dict[str, tuple[Callable[..., optax.GradientTransformationExtra
     "scale_by_stam_lite_f16": (so.scale_by_stam_lite, {"state_dtype": "float16"}),
     "scale_by_stam_lite_int8": (so.scale_by_stam_lite, INT8),
     "scale_by_adams": (so.scale_by_adams, {}),
+    "scale_by_factored_adam": (so.scale_by_factored_adam, SMALL_FACTOR),
 }
 
 
@@ -56,8 +62,9 @@ TRANSFORMS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
     name: _transform(name) for name in TRANSFORM_SPECS}
 
 # Subsets by what they can represent.
-FLOAT32_STATE = ("stam", "stam_lite", "stam_lite_int8", "adams")  # no low-precision buffer
-BASE = ("stam", "stam_lite", "adams")  # one per algorithm, default dtypes
+FLOAT32_STATE = ("stam", "stam_lite", "stam_lite_int8", "adams",
+                 "factored_adamw")  # no low-precision buffer
+BASE = ("stam", "stam_lite", "adams", "factored_adamw_small")  # one per algorithm, default dtypes
 ADAPTIVE = ("stam", "stam_lite", "stam_lite_bf16", "stam_lite_f16", "stam_lite_int8",
             "stam_energy", "stam_lite_energy")  # β₁
 

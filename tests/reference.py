@@ -3,7 +3,7 @@
 Written from docs/math.md alone, one tensor at a time, with plain loops over steps;
 they share no code with the package. Each `step` takes a float64 gradient and
 the current params and returns the optax-convention update
-`-lr·(u + λ·θ)`, the β₁ it used (None for AdamS) and the size of the update's
+`-lr·(u + λ·θ)`, the β₁ it used (None for AdamS and factored AdamW) and the size of the update's
 terms, `lr·(max|u| + λ·max|θ|)`, against which float rounding is measured.
 
 `signal="energy"` (STAM and STAMLite) replaces the β₁ rule by the energy signal
@@ -155,4 +155,43 @@ class AdamsRef:
         v = self.b2 * self.m ** 2 + (1 - self.b2) * g ** 2
         self.m = self.b1 * self.m + (1 - self.b1) * g
         u = self.m / (np.sqrt(v) + self.eps)
+        return _result(self.lr, self.wd, u, theta, None)
+
+
+class FactoredAdamWRef:
+    """docs/math.md, section Factored AdamW: a leaf of shape (..., r, c) with
+    r, c ≥ min_dim is factored (row means R, column means C); others keep ν."""
+
+    def __init__(self, shape, lr, wd, b1=0.9, b2=0.999, eps=1e-8, factored_eps=1e-30,
+                 min_dim=128):
+        self.factored = len(shape) >= 2 and min(shape[-2:]) >= min_dim
+        self.mu = np.zeros(shape)
+        if self.factored:
+            self.row = np.zeros(shape[:-1])
+            self.col = np.zeros(shape[:-2] + shape[-1:])
+        else:
+            self.nu = np.zeros(shape)
+        self.t = 0
+        self.lr, self.wd = lr, wd
+        self.b1, self.b2, self.eps, self.factored_eps = b1, b2, eps, factored_eps
+
+    def step(self, g, theta):
+        g = _clean(g)
+        b1, b2 = self.b1, self.b2
+        self.mu = b1 * self.mu + (1 - b1) * g
+        if self.factored:
+            self.row = b2 * self.row + (1 - b2) * (np.mean(g * g, axis=-1) + self.factored_eps)
+            self.col = b2 * self.col + (1 - b2) * (np.mean(g * g, axis=-2) + self.factored_eps)
+            nu = np.zeros(g.shape)
+            for lead in np.ndindex(*g.shape[:-2]):  # one matrix at a time
+                row, col = self.row[lead], self.col[lead]
+                mean_row = np.mean(row)
+                nu[lead] = np.outer(row, col) / mean_row if mean_row > 0 else 0.0
+        else:
+            self.nu = b2 * self.nu + (1 - b2) * g * g
+            nu = self.nu
+        mu_hat = self.mu / (1 - b1 ** (self.t + 1))
+        nu_hat = nu / (1 - b2 ** (self.t + 1))
+        u = mu_hat / (np.sqrt(nu_hat) + self.eps)
+        self.t += 1
         return _result(self.lr, self.wd, u, theta, None)

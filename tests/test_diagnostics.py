@@ -193,7 +193,7 @@ def test_nonfinite_count_saturates():
 
 def test_tree_nonfinite_clear_errors():
     params = make_params()
-    with pytest.raises(ValueError, match="no STAM, STAMLite or AdamS state"):
+    with pytest.raises(ValueError, match="no STAM, STAMLite, AdamS or factored AdamW"):
         so.tree_nonfinite(optax.adamw(1e-3).init(params), params)
     with pytest.raises(ValueError, match="covers 6 leaves but params has 1"):
         so.tree_nonfinite(so.adams().init(params), {"w": jnp.zeros(2)})

@@ -18,7 +18,8 @@ def test_math_page_has_every_optimizer_and_common_rule():
     anchors = _anchors(text)
     assert {"stam", "stamlite", "adams", "common-rules", "non-finite-gradient-entries",
             "empty-leaves", "decoupled-weight-decay-and-the-learning-rate", "schedules",
-            "bias-corrections", "int8-momentum-storage", "beta1-signal-variants"} <= anchors
+            "bias-corrections", "int8-momentum-storage", "beta1-signal-variants",
+            "factored-adamw"} <= anchors
     # the update rules, in the symbols the code uses
     for line in ("r      = g − μ", "σ²     = b2·σ² + (1−b2)·mean(r²)",
                  "τ      = tau_decay·τ + (1−tau_decay)·mean(|r|)",
@@ -29,7 +30,10 @@ def test_math_page_has_every_optimizer_and_common_rule():
                  "β₁     = cand   if t mod k == 0   else previous β₁",
                  "u      = μ̂ / (√max(b̂, 0) + eps)",
                  "v      = b2·m_prev² + (1−b2)·g²", "m      = b1·m_prev + (1−b1)·g",
-                 "θ ← θ − lr·(u + λ·θ)", "μ̃ = S·sign(q)·(q/127)²"):
+                 "θ ← θ − lr·(u + λ·θ)", "μ̃ = S·sign(q)·(q/127)²",
+                 "R      = b2·R + (1−b2)·(rowmean(g²) + factored_eps)",
+                 "C      = b2·C + (1−b2)·(colmean(g²) + factored_eps)",
+                 "ν      = R ⊗ C / mean(R)", "μ̂      = μ / (1 − b1^(t+1))"):
         assert line in text, line
 
 
@@ -42,7 +46,8 @@ def test_signal_variants_section_links_to_signal_md():
 
 @pytest.mark.parametrize("path, section", [
     ("stam_optimizer/stam.py", "STAM"), ("stam_optimizer/stam_lite.py", "STAMLite"),
-    ("stam_optimizer/adams.py", "AdamS"), ("tests/reference.py", None), ("README.md", None)])
+    ("stam_optimizer/adams.py", "AdamS"), ("stam_optimizer/factored_adam.py", "Factored AdamW"),
+    ("tests/reference.py", None), ("README.md", None)])
 def test_code_and_readme_cite_the_math_page_not_spec(path, section):
     text = (ROOT / path).read_text()
     assert "SPEC.md" not in text

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from optimizers_under_test import ALIASES, alias
+from optimizers_under_test import ADAPTIVE, ALIASES, alias
 
 import stam_optimizer as so
 
@@ -21,7 +21,7 @@ B1_MIN = min(B1_BASE, max(0.5, B1_BASE * (1 - ALPHA)))
 @functools.cache
 def _runner(name):
     """One compiled program per optimizer: 12 steps under lax.scan."""
-    kwargs = {} if name == "adams" else {"adapt_strength": ALPHA}
+    kwargs = {"adapt_strength": ALPHA} if name in ADAPTIVE else {}
     if name in ("stam_lite", "stam_lite_energy"):
         kwargs["beta1_update_interval"] = 2
     tx = alias(name, 1e-3, **kwargs)

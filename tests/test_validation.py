@@ -37,6 +37,13 @@ CASES = [
     (so.adams, "b2", [1.0, -0.5], "(0, 1)"),
     (so.adams, "eps", [-1.0], "[0, inf)"),
     (so.adams, "weight_decay", [-1.0], "[0, inf)"),
+    (so.factored_adamw, "b1", [0.0, 1.0], "(0, 1)"),
+    (so.factored_adamw, "b2", [1.0, -0.5], "(0, 1)"),
+    (so.factored_adamw, "eps", [-1.0], "[0, inf)"),
+    (so.factored_adamw, "factored_eps", [-1e-30], "[0, inf)"),
+    (so.factored_adamw, "min_dim_to_factor", [0, -2, 2.5], "integer >= 1"),
+    (so.factored_adamw, "weight_decay", [-1.0], "[0, inf)"),
+    (so.factored_adamw, "mu_dtype", ["int8", "float64"], "float32, bfloat16, float16"),
 ]
 
 
@@ -50,7 +57,7 @@ def test_invalid_values_raise(factory, arg, bad_values, allowed):
         assert arg in msg and allowed in msg, msg
 
 
-@pytest.mark.parametrize("factory", [so.stam, so.stam_lite, so.adams])
+@pytest.mark.parametrize("factory", [so.stam, so.stam_lite, so.adams, so.factored_adamw])
 def test_defaults_and_edges_are_accepted(factory):
     factory()
     factory(eps=0.0, weight_decay=0.0, learning_rate=0.0)
@@ -65,7 +72,7 @@ def test_edges_of_adaptation_ranges_are_accepted():
 
 def test_validation_stands_aside_for_traced_values():
     # inject_hyperparams re-calls the factory with tracers inside update
-    for factory in (so.stam, so.stam_lite, so.adams):
+    for factory in (so.stam, so.stam_lite, so.adams, so.factored_adamw):
         tx = optax.inject_hyperparams(factory)(learning_rate=1e-3)
         params = {"w": jnp.ones(3)}
         state = tx.init(params)
@@ -81,9 +88,11 @@ ALL_OPTIMIZERS = {
     "stam_lite_f16": lambda **kw: so.stam_lite(state_dtype="float16", **kw),
     "stam_lite_int8": lambda **kw: so.stam_lite(state_dtype="int8", min_quantized_size=4, **kw),
     "adams": lambda **kw: so.adams(**kw),
+    "factored_adamw": lambda **kw: so.factored_adamw(min_dim_to_factor=2, **kw),
     "scale_by_stam": lambda **kw: so.scale_by_stam(**kw),
     "scale_by_stam_lite": lambda **kw: so.scale_by_stam_lite(**kw),
     "scale_by_adams": lambda **kw: so.scale_by_adams(**kw),
+    "scale_by_factored_adam": lambda **kw: so.scale_by_factored_adam(min_dim_to_factor=2, **kw),
     "STAM": lambda **kw: so.STAM(**kw),
     "STAMLite": lambda **kw: so.STAMLite(**kw),
 }
@@ -124,7 +133,8 @@ def _float_hyperparameters(factory):
 
 
 FACTORIES = [so.stam, so.stam_lite, so.adams, so.scale_by_stam, so.scale_by_stam_lite,
-             so.scale_by_adams, so.STAM, so.STAMLite]
+             so.scale_by_adams, so.STAM, so.STAMLite, so.factored_adamw,
+             so.scale_by_factored_adam]
 NUMERIC_CASES = [(f, arg) for f in FACTORIES for arg in _float_hyperparameters(
     f.__init__ if isinstance(f, type) else f)]
 
@@ -169,7 +179,7 @@ def test_wrong_types_of_other_arguments(factory, arg, bad):
 @pytest.mark.parametrize("convert", [np.float64, np.asarray, jnp.asarray,
                                      lambda x: jnp.asarray(x, jnp.float32)],
                          ids=["numpy_scalar", "numpy_0d", "jax", "jax_f32"])
-@pytest.mark.parametrize("factory", [so.stam, so.stam_lite, so.adams])
+@pytest.mark.parametrize("factory", [so.stam, so.stam_lite, so.adams, so.factored_adamw])
 def test_numbers_of_every_kind_are_accepted(factory, convert):
     sig = inspect.signature(factory)
     kwargs = {}
@@ -223,7 +233,7 @@ def test_callable_mask_declared_static_decays_without_warning():
     grads = jax.tree.map(jnp.zeros_like, params)  # the update is the weight decay alone
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for factory in (so.stam, so.stam_lite, so.adams):
+        for factory in (so.stam, so.stam_lite, so.adams, so.factored_adamw):
             plain = factory(1e-1, weight_decay=0.5, mask=_decay_mask)
             tx = optax.inject_hyperparams(factory, static_args=("mask",))(
                 learning_rate=1e-1, weight_decay=0.5, mask=_decay_mask)
