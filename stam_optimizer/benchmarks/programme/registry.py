@@ -199,6 +199,16 @@ def _low_bit(build: Build, bits: int) -> Build:
                                             min_size=LOW_BIT_MIN_SIZE)
 
 
+# The benchmark factors every matrix of the small suite models (the library's
+# default, 128, would leave them unfactored: factored AdamW would be AdamW).
+FACTOR_MIN_DIM = 16
+
+
+def _factored_adamw(lr: Any, r: Recipe) -> optax.GradientTransformation:
+    return so.factored_adamw(lr, weight_decay=r.weight_decay, min_dim_to_factor=FACTOR_MIN_DIM,
+                             **r.given(b1="b1", b2="b2", eps="eps"))
+
+
 def _schedule_free_eval(params: Any, state: Any) -> Any:
     found = [s for s in jax.tree.leaves(state, is_leaf=_is_schedule_free)
              if _is_schedule_free(s)]
@@ -314,6 +324,13 @@ for _entry in (
           notes="as adamw, μ and ν stored in 4 bits (so.quantized_state)"),
     Entry("muon_8bit", _low_bit(_muon, 8), "Muon 8-bit", storage="int8", parent="muon",
           gpt=True, notes="as muon, its momentum and its Adam's moments stored in 8 bits "
+                          "(so.quantized_state)"),
+    Entry("factored_adamw", _factored_adamw, "factored AdamW", decoupled_wd=True, gpt=True,
+          notes="b1 0.9, b2 0.95, eps 1e-8; Adafactor's row/column second moment for "
+                f"matrices of at least {FACTOR_MIN_DIM} x {FACTOR_MIN_DIM}, Adam's elsewhere"),
+    Entry("factored_adamw_4bit", _low_bit(_factored_adamw, 4),
+          "factored AdamW 4-bit", decoupled_wd=True, storage="int4", parent="factored_adamw",
+          gpt=True, notes="as factored_adamw, μ (and the unfactored ν) stored in 4 bits "
                           "(so.quantized_state)"),
     Entry("schedule_free_adamw",
           lambda lr, r: optax.contrib.schedule_free_adamw(
