@@ -126,16 +126,18 @@ def test_sizes_map_to_tasks_and_optimizers():
 
 def test_low_bit_members_join_the_family_with_their_float_parent(monkeypatch):
     monkeypatch.setattr(registry, "ENTRIES", dict(registry.ENTRIES))
-    registry.add(registry.Entry("adamw_8bit", registry.ENTRIES["adamw"].build, "AdamW 8-bit",
-                                storage="int8", parent="adamw"))
+    registry.add(registry.Entry("lion_4bit", registry.ENTRIES["lion"].build, "Lion 4-bit",
+                                storage="int4", parent="lion"))
     family = ch.primary_family()
-    assert ("adamw_8bit", "adamw") in family and ("stam_lite_int8", "stam_lite") in family
+    assert ("lion_4bit", "lion") in family and ("stam_lite_int8", "stam_lite") in family
+    assert ("adamw_8bit", "adamw") in family and ("factored_adamw_4bit", "factored_adamw") \
+        in family
     assert not [p for p in family if p[0].endswith("bf16")]  # 16 bits is not low-bit
     for pair in (("stam_full", "adamw"), ("stam_lite", "adamw"), ("adams", "adamw"),
                  ("muon", "adamw"), ("stam_full", "stam_const_mean"),
                  ("stam_full", ch.TUNED_BETA1)):
         assert pair in family
-    assert "adamw_8bit" in ch.optimizers("full")
+    assert {"lion_4bit", "lion", "adamw_8bit"} <= set(ch.optimizers("full"))
     with pytest.raises(ValueError, match="storage 'packed'"):
         ch.storage_bits("packed")
 
