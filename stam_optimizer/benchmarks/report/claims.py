@@ -159,14 +159,18 @@ def storage_section(tasks: Tasks) -> list[str]:
         return lines + ["Not run: no task has a storage variant and its float parent.", ""]
     words = {"tie": "tie (parity)", "win": "variant better", "loss": "variant worse",
              "inconclusive": "inconclusive"}
+    same = {k for k, j in judged.items() if j.diff.mean == 0 and j.diff.sd == 0}
     rows = [[task, f"`{a}`", f"`{b}`", number(tasks[task][b]["final"]["lr"], 3),
-             interval_text(*j.diff[:3]), number(j.p_holm, 3), words.get(j.verdict, j.verdict)]
+             interval_text(*j.diff[:3]), number(j.p_holm, 3),
+             "identical" if (task, a, b) in same else words.get(j.verdict, j.verdict)]
             for (task, a, b), j in judged.items()]
     n_tie = sum(j.verdict == "tie" for j in judged.values())
     return lines + [
         "Variant − parent, both at the learning rate the parent was tuned to (switching "
         "is a one-line change, without re-tuning), paired by seed, Holm across the rows. "
-        f"Parity (the whole 95% CI inside ±min_effect) on {n_tie} of {len(judged)}.", "",
+        f"Parity (the whole 95% CI inside ±min_effect) on {n_tie} of {len(judged)}, of "
+        f"which {len(same)} are identical to the bit on every seed (no tensor of the "
+        "model is large enough to be stored differently).", "",
         *table(["task", "variant", "parent", "parent's lr", "variant − parent [CI]", "Holm p",
                 "verdict"], rows)]
 
