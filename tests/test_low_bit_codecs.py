@@ -127,6 +127,16 @@ def test_4bit_codes_are_packed_two_per_byte(n):
     assert blockwise.dequantize(q, x.shape, low_bit_codecs.SIGNED4).shape == x.shape
 
 
+@pytest.mark.parametrize("shape", [(1,), (3, 2, 64), (5, 7, 1), (4, 33)])
+def test_unpack4_is_its_plain_statement(shape):
+    packed = jnp.asarray(np.random.default_rng(len(shape)).integers(0, 256, shape), jnp.uint8)
+    for f in (lambda p: p, jax.jit):
+        got = f(low_bit_codecs.unpack4)(packed)
+        assert got.dtype == jnp.uint8
+        np.testing.assert_array_equal(np.asarray(got),
+                                      np.asarray(low_bit_codecs.unpack4_plain(packed)))
+
+
 @pytest.mark.parametrize("name", [*SIGNED, *NONNEG])
 def test_huge_and_tiny_values(name):
     codec, bits = {**SIGNED, **NONNEG}[name]
