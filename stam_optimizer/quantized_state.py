@@ -146,8 +146,8 @@ def _decode(leaves: list, codecs: list[Codec | None], abstract: list) -> list:
     return out
 
 
-def _validate(bits: int, min_size: int, block_size: int | None, stochastic_rounding: bool,
-              seed: int) -> int:
+def _validate(bits: int, min_size: int, block_size: int | None,
+              stochastic_rounding: bool | None, seed: int) -> int:
     if bits not in (4, 8) or isinstance(bits, bool):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 1:
@@ -156,7 +156,8 @@ def _validate(bits: int, min_size: int, block_size: int | None, stochastic_round
         block_size = low_bit_codecs.BLOCK_SIZE[bits]
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise ValueError(f"block_size must be an integer >= 1 or None, got {block_size!r}")
-    check_bool("stochastic_rounding", stochastic_rounding)
+    if stochastic_rounding is not None:
+        check_bool("stochastic_rounding", stochastic_rounding)
     check_number("seed", seed)
     return block_size
 
@@ -204,7 +205,7 @@ def quantized_state(
     *,
     min_size: int = 4096,
     block_size: int | None = None,
-    stochastic_rounding: bool = False,
+    stochastic_rounding: bool | None = None,
     seed: int = 0,
     codec_for: Callable[[tuple, Any], str | None] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -265,7 +266,12 @@ def quantized_state(
         measured default (128 at either width; docs/memory.md).
       stochastic_rounding: round unbiasedly between neighbouring codes
         (keyed from `seed`, the step count and the leaf), so that slow EMAs
-        (β₂ = 0.999 at 4 bits) do not freeze. Default False.
+        (β₂ = 0.999 at 4 bits) do not freeze. None (default): on at 4 bits,
+        off at 8. Measured on the noisy quadratic of
+        `tests/test_quantized_state.py` (curvatures spanning 100x inside a
+        block), AdamW at 4 bits ends at 4.4x the float run's loss with nearest
+        rounding and at most 1.33x with stochastic rounding; at 8 bits both
+        are within 1% of float, and nearest rounding is cheaper.
       seed: seed of the stochastic rounding. Default 0.
       codec_for: per-leaf override of the rule above, or None.
 
@@ -289,6 +295,8 @@ def quantized_state(
       >>> updates, state = jax.jit(opt.update)(params, state, params)
     """
     block_size = _validate(bits, min_size, block_size, stochastic_rounding, seed)
+    if stochastic_rounding is None:
+        stochastic_rounding = bits == 4
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
