@@ -90,7 +90,10 @@ def _plan(inner: optax.GradientTransformation, state: Any, params: Any, bits: in
     positions in `inner`'s state, floating, non-empty, at least 1-D and of the
     shape of one of the params (so adafactor's row and column statistics, or
     Muon's Newton–Schulz coefficients, are not)."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+    # Leaves are what has a shape and dtype: a container's boxed leaf (a flax
+    # Variable) is one leaf, as `tree_map_params` below sees it.
+    flat, treedef = jax.tree_util.tree_flatten_with_path(
+        state, is_leaf=lambda x: _shape_dtype(x) is not None)
     at_params = treedef.flatten_up_to(optax.tree_map_params(
         inner, lambda _: True, state, transform_non_params=lambda _: False,
         is_leaf=lambda x: _shape_dtype(x) is not None))
