@@ -248,7 +248,7 @@ def _is_slot(x: Any) -> bool:
 
 
 def _is_buffer(x: Any) -> bool:
-    """True for one leaf's state buffer: an array (a single pytree leaf) or int8 codes."""
+    """True for one leaf's state buffer: an array (a single pytree leaf) or int8/int4 codes."""
     if _is_slot(x):
         return True
     treedef = jax.tree.structure(x)
@@ -262,7 +262,7 @@ def grad_leaves(updates: Any, expected: Any, params: Any = None
     `expected` is the param-shaped buffer of the optimizer state (its μ or m),
     built from the params by `init`. Raises ValueError when the gradients'
     tree differs from it (naming the paths found in only one of them) or a
-    leaf's shape differs (naming the leaf path and both shapes). An int8 leaf
+    leaf's shape differs (naming the leaf path and both shapes). A quantised leaf
     (`QuantizedArray`) keeps no shape, only its number of blocks: its gradient
     is checked against the leaf of `params` when given, else by element count.
     """
@@ -282,16 +282,18 @@ def grad_leaves(updates: Any, expected: Any, params: Any = None
             if got != want:
                 raise ValueError(
                     f"grads{_path(updates, i)} has shape {got}, but the params have"
-                    f" {want} (the leaf's int8 optimizer state keeps no shape of its own)")
+                    f" {want} (the leaf's quantised optimizer state keeps no shape of its own)")
         elif isinstance(slot, QuantizedArray):
             # blocks tile the last axis: codes are (*got[:-1], n_blocks, block)
-            *lead, n_blocks, block = np.shape(slot.codes)
+            # (4-bit codes: two per byte, ceil(block/2) bytes per block)
+            *lead, n_blocks, width = np.shape(slot.codes)
+            block = -(-got[-1] // n_blocks) if got else None
             if (not got or tuple(lead) != got[:-1]
-                    or -(-got[-1] // n_blocks) != block):
+                    or width not in (block, -(-block // 2))):
                 raise ValueError(
-                    f"grads{_path(updates, i)} has shape {got}, but its int8 optimizer"
+                    f"grads{_path(updates, i)} has shape {got}, but its quantised optimizer"
                     f" state holds rows of shape {tuple(lead)} with {n_blocks} blocks of"
-                    f" {block} elements each: pass gradients shaped like the params given"
+                    f" {width} bytes each: pass gradients shaped like the params given"
                     f" to init")
         elif got != tuple(np.shape(slot)):
             raise ValueError(

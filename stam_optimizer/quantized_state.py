@@ -92,7 +92,10 @@ def _plan(inner: optax.GradientTransformation, state: Any, params: Any, bits: in
     Muon's Newton–Schulz coefficients, are not). Where `tree_map_params` cannot
     run `inner.init` (a callable of the params inside it), the shape test alone
     decides."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+    # Leaves are what has a shape and dtype: a container's boxed leaf (a flax
+    # Variable) is one leaf, as `tree_map_params` below sees it.
+    flat, treedef = jax.tree_util.tree_flatten_with_path(
+        state, is_leaf=lambda x: _shape_dtype(x) is not None)
     try:
         at_params = treedef.flatten_up_to(optax.tree_map_params(
             inner, lambda _: True, state, transform_non_params=lambda _: False,
@@ -157,8 +160,9 @@ def _decode(leaves: list, codecs: list[Codec | None], abstract: list) -> list:
     return out
 
 
-def _validate(bits: int, min_size: int, block_size: int | None, stochastic_rounding: bool,
-              seed: int, scale_dtype: str = "bfloat16") -> int:
+def _validate(bits: int, min_size: int, block_size: int | None,
+              stochastic_rounding: bool | None, seed: int,
+              scale_dtype: str = "bfloat16") -> int:
     if bits not in (4, 8) or isinstance(bits, bool):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     if scale_dtype not in SCALE_DTYPES:
@@ -170,7 +174,8 @@ def _validate(bits: int, min_size: int, block_size: int | None, stochastic_round
         block_size = low_bit_codecs.BLOCK_SIZE[bits]
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise ValueError(f"block_size must be an integer >= 1 or None, got {block_size!r}")
-    check_bool("stochastic_rounding", stochastic_rounding)
+    if stochastic_rounding is not None:
+        check_bool("stochastic_rounding", stochastic_rounding)
     check_number("seed", seed)
     return block_size
 
@@ -219,7 +224,7 @@ def quantized_state(
     *,
     min_size: int = 4096,
     block_size: int | None = None,
-    stochastic_rounding: bool = False,
+    stochastic_rounding: bool | None = None,
     seed: int = 0,
     codec_for: Callable[[tuple, Any], str | None] | None = None,
     scale_dtype: str = "bfloat16",
@@ -283,7 +288,12 @@ def quantized_state(
         measured default (128 at either width; docs/memory.md).
       stochastic_rounding: round unbiasedly between neighbouring codes
         (keyed from `seed`, the step count and the leaf), so that slow EMAs
-        (β₂ = 0.999 at 4 bits) do not freeze. Default False.
+        (β₂ = 0.999 at 4 bits) do not freeze. None (default): on at 4 bits,
+        off at 8. Measured on the noisy quadratic of
+        `tests/test_quantized_state.py` (curvatures spanning 100x inside a
+        block), AdamW at 4 bits ends at 4.4x the float run's loss with nearest
+        rounding and at most 1.33x with stochastic rounding; at 8 bits both
+        are within 1% of float, and nearest rounding is cheaper.
       seed: seed of the stochastic rounding. Default 0.
       codec_for: per-leaf override of the rule above, or None.
       scale_dtype: "bfloat16" (default) or "float32", the dtype of the block
@@ -311,6 +321,8 @@ def quantized_state(
       >>> updates, state = jax.jit(opt.update)(params, state, params)
     """
     block_size = _validate(bits, min_size, block_size, stochastic_rounding, seed, scale_dtype)
+    if stochastic_rounding is None:
+        stochastic_rounding = bits == 4
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):

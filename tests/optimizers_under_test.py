@@ -1,9 +1,11 @@
 """The one list of optimizers the test files run: every optimizer and state dtype.
 
 `ALIASES[name](learning_rate, **kw)` builds an optimizer (updates added to
-params); `TRANSFORMS[name](**kw)` the matching `scale_by_*` direction. int8
-STAMLite uses `min_quantized_size=0`, so every test tensor of at least one
-dimension is quantised (0-d tensors stay float32 by design).
+params); `TRANSFORMS[name](**kw)` the matching `scale_by_*` direction. int8 and
+int4 STAMLite use `min_quantized_size=0`, so every test tensor of at least one
+dimension is quantised (0-d tensors stay float32 by design). The `adamw_q8`/`adamw_q4`
+entries are `so.quantized_state(optax.adamw(...), bits)`, with `min_size=1` for the
+same reason.
 """
 
 from __future__ import annotations
@@ -15,11 +17,24 @@ import optax
 import stam_optimizer as so
 
 INT8 = {"state_dtype": "int8", "min_quantized_size": 0}
-# Options of int8 STAMLite that fix the state layout: static under inject_hyperparams.
+INT4 = {"state_dtype": "int4", "min_quantized_size": 0}
+# Options of int8/int4 STAMLite and of the quantized_state aliases that fix the
+# state layout: static under inject_hyperparams.
 STATIC_ARGS = ("state_dtype", "block_size", "min_quantized_size", "stochastic_rounding", "seed",
-               "min_dim_to_factor")  # and factored AdamW's choice of factored leaves
+               "bits", "min_size", "min_dim_to_factor")  # and factored AdamW's choice
 # Factored AdamW with every matrix of the test trees factored (the default 128 factors none).
 SMALL_FACTOR = {"min_dim_to_factor": 2}
+
+
+def adamw_quantized(learning_rate: optax.ScalarOrSchedule = 1e-2, weight_decay: float = 1e-4,
+                    mask=None, *, bits: int = 8, min_size: int = 1,
+                    block_size: int | None = None, stochastic_rounding: bool | None = None,
+                    seed: int = 0) -> optax.GradientTransformationExtraArgs:
+    """`so.quantized_state(optax.adamw(...), bits)`: an alias-shaped factory."""
+    return so.quantized_state(optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask),
+                              bits, min_size=min_size, block_size=block_size,
+                              stochastic_rounding=stochastic_rounding, seed=seed)
+
 
 # name -> (alias factory, its keyword arguments besides learning_rate)
 SPECS: dict[str, tuple[Callable[..., optax.GradientTransformationExtraArgs], dict]] = {
@@ -28,11 +43,14 @@ SPECS: dict[str, tuple[Callable[..., optax.GradientTransformationExtraArgs], dic
     "stam_lite_bf16": (so.stam_lite, {"state_dtype": "bfloat16"}),
     "stam_lite_f16": (so.stam_lite, {"state_dtype": "float16"}),
     "stam_lite_int8": (so.stam_lite, INT8),
+    "stam_lite_int4": (so.stam_lite, INT4),
     "stam_energy": (so.stam, {"signal": "energy"}),
     "stam_lite_energy": (so.stam_lite, {"signal": "energy"}),
     "adams": (so.adams, {}),
     "factored_adamw": (so.factored_adamw, {}),
     "factored_adamw_small": (so.factored_adamw, SMALL_FACTOR),
+    "adamw_q8": (adamw_quantized, {"bits": 8}),
+    "adamw_q4": (adamw_quantized, {"bits": 4}),
 }
 # name -> (scale_by_* factory, its keyword arguments)
 TRANSFORM_SPECS: dict[str, tuple[Callable[..., optax.GradientTransformationExtraArgs], dict]] = {
@@ -41,6 +59,7 @@ TRANSFORM_SPECS: dict[str, tuple[Callable[..., optax.GradientTransformationExtra
     "scale_by_stam_lite_bf16": (so.scale_by_stam_lite, {"state_dtype": "bfloat16"}),
     "scale_by_stam_lite_f16": (so.scale_by_stam_lite, {"state_dtype": "float16"}),
     "scale_by_stam_lite_int8": (so.scale_by_stam_lite, INT8),
+    "scale_by_stam_lite_int4": (so.scale_by_stam_lite, INT4),
     "scale_by_adams": (so.scale_by_adams, {}),
     "scale_by_factored_adam": (so.scale_by_factored_adam, SMALL_FACTOR),
 }
@@ -66,7 +85,10 @@ FLOAT32_STATE = ("stam", "stam_lite", "stam_lite_int8", "adams",
                  "factored_adamw")  # no low-precision buffer
 BASE = ("stam", "stam_lite", "adams", "factored_adamw_small")  # one per algorithm, default dtypes
 ADAPTIVE = ("stam", "stam_lite", "stam_lite_bf16", "stam_lite_f16", "stam_lite_int8",
-            "stam_energy", "stam_lite_energy")  # β₁
+            "stam_lite_int4", "stam_energy", "stam_lite_energy")  # β₁
+QUANTIZED_STATE = ("adamw_q8", "adamw_q4")  # so.quantized_state(...)
+# Every entry whose state holds blockwise codes (`QuantizedArray` leaves).
+QUANTIZED = ("stam_lite_int8", "stam_lite_int4", *QUANTIZED_STATE)
 
 
 def alias(name: str, learning_rate: float = 1e-2, **kw) -> optax.GradientTransformationExtraArgs:

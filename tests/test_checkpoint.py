@@ -58,6 +58,9 @@ CASES = {  # name: (optimizer factory, parameter shapes)
     "stam_lite_energy": (lambda: so.stam_lite(LR, signal="energy"), MIXED),
     "stam_lite_int8": (_int8, MIXED),
     "stam_lite_int8_aligned": (_int8, ALIGNED),
+    "stam_lite_int4": (lambda: so.stam_lite(LR, state_dtype="int4", min_quantized_size=64),
+                       MIXED),
+    "adamw_q4": (lambda: so.quantized_state(optax.adamw(LR), 4, min_size=64), MIXED),
     "adams": (lambda: so.adams(LR), MIXED),
 }
 
@@ -170,9 +173,14 @@ def _restore_and_continue(name: str, path: Path, n: int):
 # per step (μ̂ is normalised to ≲ 1), so those cases allow lr·2⁻⁷·M.
 F32_TOL = 1e-6
 LOWP_TOL = LR * 2**-7 * M
+# At 4 bits a code step is up to (7² − 6²)/7² of the block maximum (the signed
+# map; the non-negative one's 1 − (15/16)⁴ moves u by half as much).
+INT4_TOL = LR * (7**2 - 6**2) / 7**2 * M
 
 
 def _tolerance(name: str) -> float:
+    if any(k in name for k in ("int4", "q4")):
+        return INT4_TOL
     return LOWP_TOL if any(k in name for k in ("bf16", "f16", "int8")) else F32_TOL
 
 

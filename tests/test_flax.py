@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
-from optimizers_under_test import ADAPTIVE, ALIASES, alias
+from optimizers_under_test import ADAPTIVE, ALIASES, QUANTIZED, alias
 
 import stam_optimizer as so
 from stam_optimizer import quantize
@@ -60,12 +60,19 @@ def _train(model, opt, steps=30, with_value=False, objective=_mlp_loss):
 
 
 def _buffer(opt_state):
-    """The param-shaped buffer (μ, or AdamS's m) of an optimizer state, as arrays."""
+    """The param-shaped buffer (μ, or AdamS's m) of an optimizer state, as arrays;
+    inside a `quantized_state` state, its inner optimizer's μ."""
+    def has_buffer(x):
+        return isinstance(x, tuple) and (hasattr(x, "mu") or hasattr(x, "m"))
+
     pure = nnx.as_pure(opt_state)
-    (inner,) = [s for s in jax.tree.leaves(
-        pure, is_leaf=lambda x: isinstance(x, tuple) and hasattr(x, "_fields"))
-        if hasattr(s, "mu") or hasattr(s, "m")]
+    (inner,) = [s for s in jax.tree.leaves(pure, is_leaf=has_buffer) if has_buffer(s)]
     return inner.mu if hasattr(inner, "mu") else inner.m
+
+
+def _width(name, block):
+    """Bytes per block of `block` codes: one per code, two codes a byte at 4 bits."""
+    return -(-block // 2) if name in ("stam_lite_int4", "adamw_q4") else block
 
 
 @pytest.mark.parametrize("with_value", [False, True])
@@ -79,7 +86,7 @@ def test_nnx_optimizer_trains(name, with_value):
         b1 = so.tree_beta1(opt.opt_state, nnx.state(model, nnx.Param))
         values = [float(v) for v in jax.tree.leaves(b1)]
         assert len(values) == 4 and all(0.5 <= v <= 0.9 + 1e-6 for v in values)
-    if name == "stam_lite_int8":  # the kernels stay quantised through the updates
+    if name in QUANTIZED:  # the kernels stay quantised through the updates
         buf = _buffer(opt.opt_state)
         for layer in ("l1", "l2"):
             q = _quantized(buf[layer]["kernel"])
@@ -169,14 +176,15 @@ def test_nnx_optimizer_on_a_partitioned_model_under_a_mesh(name, axis_type):
     assert model.l1.kernel[...].sharding.spec == P(None, "fsdp")
     buf = _buffer(opt.opt_state)
     k1, k2 = buf["l1"]["kernel"], buf["l2"]["kernel"]
-    if name == "stam_lite_int8":
+    if name in QUANTIZED:
         # (16, 4) sharded on rows: the codes (16, 1, 4) follow, 1/8 per device;
         # (8, 16) sharded on its last axis, one block per row: replicated codes on
         # an Explicit mesh (on an Auto mesh XLA may split the blocks further).
         k1, k2 = _quantized(k1), _quantized(k2)
-        assert k2.codes.shape == (16, 1, 4) and _per_device_fraction(k2.codes) == 1 / 8
+        assert k2.codes.shape == (16, 1, _width(name, 4))
+        assert _per_device_fraction(k2.codes) == 1 / 8
         assert _per_device_fraction(k2.scales) == 1 / 8
-        assert k1.codes.shape == (8, 1, 16)
+        assert k1.codes.shape == (8, 1, _width(name, 16))
         if axis_type == AxisType.Explicit:
             assert _per_device_fraction(k1.codes) == 1
     else:

@@ -6,12 +6,16 @@ import numpy as np
 import optax
 import pytest
 from helpers import gradient_stream, make_params
-from optimizers_under_test import ALIASES
+from optimizers_under_test import ALIASES, QUANTIZED_STATE
 
 import stam_optimizer as so
 from stam_optimizer import _reductions
 
 FACTORIES = ALIASES  # the shared list (tests/optimizers_under_test.py)
+# What the library's own optimizers guarantee beyond optax's (non-finite gradient
+# entries used as 0, float16 state that saturates, params optional at weight
+# decay 0): so.quantized_state(optax.adamw) does what optax.adamw does there.
+OWN = [name for name in ALIASES if name not in QUANTIZED_STATE]
 
 
 def _assert_trees_equal(a, b):
@@ -142,7 +146,7 @@ def test_chain_with_clipping(name):
         _assert_trees_close(u1, u2, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name", OWN)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_param_dtypes(name, dtype):
     params = make_params(dtypes={n: dtype for n in make_params()})
@@ -162,7 +166,7 @@ def test_param_dtypes(name, dtype):
         assert s.beta1.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name", OWN)
 def test_non_finite_gradient_entries_never_reach_the_state(name):
     tx = FACTORIES[name]()
     # "big" is summed on its own in the recovery path, in one chunk of
@@ -224,7 +228,7 @@ def test_empty_and_scalar_leaves(name):
     assert u == {}
 
 
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name", OWN)
 def test_params_are_required_for_weight_decay(name):
     tx = FACTORIES[name]()
     params = make_params()

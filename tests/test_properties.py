@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from optimizers_under_test import ADAPTIVE, ALIASES, alias
+from optimizers_under_test import ADAPTIVE, ALIASES, QUANTIZED_STATE, alias
 
 import stam_optimizer as so
 
@@ -44,7 +44,8 @@ def _runner(name):
     seed=st.integers(0, 2**31 - 1),
     offset=st.floats(min_value=-3, max_value=3),
 )
-@pytest.mark.parametrize("name", ALIASES)
+# The β₁ rules' property (built with adapt_strength): not the wrapped optax.adamw's.
+@pytest.mark.parametrize("name", [n for n in ALIASES if n not in QUANTIZED_STATE])
 def test_finite_updates_and_beta1_bounds(name, log_scale, seed, offset):
     rng = np.random.default_rng(seed)
     scale = 10.0**log_scale

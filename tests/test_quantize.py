@@ -1,4 +1,5 @@
-"""The 8-bit blockwise momentum storage and STAMLite with state_dtype="int8"."""
+"""The 8-bit blockwise momentum storage and STAMLite with state_dtype="int8" (and its
+4-bit form, "int4")."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import pytest
 
 import stam_optimizer as so
 from stam_optimizer import blockwise, quantize, square_int8
+from stam_optimizer.stam_lite import MOMENTUM_CODECS
 
 
 def _x(shape=(1000, 37), seed=0, scale=1.0):
@@ -232,8 +234,10 @@ def test_stuck_momentum_needs_stochastic_rounding():
     assert abs(small["stochastic"] - small["f32"]) < 0.005
 
 
-def test_int8_checkpoint_round_trip_is_bit_identical(tmp_path):
-    tx = so.stam_lite(1e-2, state_dtype="int8", stochastic_rounding=True, min_quantized_size=0)
+@pytest.mark.parametrize("state_dtype", ["int8", "int4"])
+def test_quantised_checkpoint_round_trip_is_bit_identical(tmp_path, state_dtype):
+    tx = so.stam_lite(1e-2, state_dtype=state_dtype, stochastic_rounding=True,
+                      min_quantized_size=0)
     params = {"w": jnp.ones((32, 32)), "b": jnp.ones((32,))}
     grads = [jax.tree.map(lambda p, i=i: jax.random.normal(jax.random.PRNGKey(i), p.shape),
                           params) for i in range(8)]
@@ -252,14 +256,19 @@ def test_int8_checkpoint_round_trip_is_bit_identical(tmp_path):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_int8_nan_gradients_and_tree_beta1():
+@pytest.mark.parametrize("state_dtype", ["int8", "int4"])
+def test_quantised_nan_gradients_and_tree_beta1(state_dtype):
+    """Non-finite gradient entries are used as 0 (as in float32): no block's scale
+    or code becomes NaN, and every update stays finite."""
     params = {"w": jnp.ones((64, 128))}
-    tx = so.stam_lite(1e-2, state_dtype="int8")
+    tx = so.stam_lite(1e-2, state_dtype=state_dtype)
     s = tx.init(params)
     g = {"w": jnp.ones((64, 128)).at[0, 0].set(jnp.nan).at[3, 3].set(jnp.inf)}
     u, s = tx.update(g, s, params)
     assert bool(jnp.all(jnp.isfinite(u["w"])))
-    assert bool(jnp.all(jnp.isfinite(quantize.dequantize(s[0].mu["w"], (64, 128)))))
+    codec = MOMENTUM_CODECS[state_dtype]
+    mu = blockwise.dequantize(s[0].mu["w"], (64, 128), codec)
+    assert bool(jnp.all(jnp.isfinite(mu))) and float(mu[0, 0]) == 0.0
     assert 0.5 <= float(so.tree_beta1(s, params)["w"]) <= 0.9
 
 
@@ -291,6 +300,79 @@ def test_int8_steps_match_float64_reference():
         np.testing.assert_allclose(np.asarray(u["w"]).reshape(-1), expected, rtol=1e-5,
                                    atol=1e-6 * np.abs(expected).max())
         mu = stored
+
+
+def _reference4(x, block_size):
+    """Independent float64 model of the 4-bit signed square map (L = 7) with nearest
+    rounding: the decoded values, `r = 7·√(|x|/s)` and the block scale `s` per
+    entry of `x` (2-D, blocks tiling each row)."""
+    x = np.asarray(x, np.float64)
+    n = x.shape[1]
+    n_blocks, block = _layout(n, block_size)
+    b = np.concatenate([x, np.zeros((x.shape[0], n_blocks * block - n))], axis=1)
+    b = b.reshape(x.shape[0], n_blocks, block)
+    s = np.abs(b).max(axis=2, keepdims=True)
+    y = np.divide(b, s, out=np.zeros_like(b), where=s > 0)
+    r = 7 * np.sqrt(np.abs(y))
+    back = s * np.sign(y) * (np.round(r) / 7) ** 2
+
+    def rows(v):
+        return v.reshape(x.shape[0], n_blocks * block)[:, :n].reshape(-1)
+
+    return rows(back), rows(r), rows(np.broadcast_to(s, b.shape))
+
+
+def test_int4_steps_match_float64_reference():
+    # As the int8 test: β₁ fixed, a 20x257 leaf (2 blocks of 129 per row: an odd
+    # block, so each packs a padding code), zero rows (all-zero blocks). Each step
+    # stores the reference 4-bit quantisation of β₁·μ + (1−β₁)·g (μ as stored),
+    # within the map's bound |x̂ − x| ≤ s·(r + ½)/49, and returns the stored
+    # μ / (1−Π) / (√b̂ + eps).
+    b1, rho, eps = 0.9, 0.99, 1e-8
+    tx = so.scale_by_stam_lite(b1_base=b1, adapt_strength=0.0, moment_decay=rho, eps=eps,
+                               state_dtype="int4", min_quantized_size=0,
+                               stochastic_rounding=False)
+    params = {"w": jnp.zeros((20, 257))}
+    s = tx.init(params)
+    assert s.mu["w"].codes.shape == (20, 2, 65) and s.mu["w"].codes.dtype == jnp.uint8
+    step = jax.jit(tx.update)
+    mu, b, prod = np.zeros(20 * 257), 0.0, 1.0
+    for t in range(3):
+        g = jax.random.normal(jax.random.PRNGKey(t), (20, 257)) * 10.0**t
+        g = g.at[:8].set(0.0)
+        u, s = step({"w": g}, s)
+        g = np.asarray(g, np.float64).reshape(-1)
+        stored = np.asarray(blockwise.dequantize(s.mu["w"], (20, 257), MOMENTUM_CODECS["int4"]),
+                            np.float64).reshape(-1)
+        want = np.float32(b1 * mu + (1 - b1) * g).reshape(20, 257)
+        ref, r, scale = _reference4(want, 256)
+        tie = np.abs(r - np.floor(r) - 0.5) < 1e-4
+        np.testing.assert_allclose(stored[~tie], ref[~tie], rtol=2e-6, atol=0)
+        err = np.abs(stored - want.reshape(-1))
+        assert np.all(err <= scale * (r + 0.5) / 49 * (1 + 1e-5))
+        assert np.all(stored[: 8 * 257] == 0)
+        b = rho * b + (1 - rho) * np.mean(g**2)
+        prod *= b1
+        expected = stored / (1 - prod) / (np.sqrt(b / (1 - rho ** (t + 1))) + eps)
+        np.testing.assert_allclose(np.asarray(u["w"]).reshape(-1), expected, rtol=1e-5,
+                                   atol=1e-6 * np.abs(expected).max())
+        mu = stored
+
+
+def test_int4_state_layout_and_bytes():
+    params = _mixed_params()
+    mu = so.stam_lite(1e-3, state_dtype="int4").init(params)[0].mu
+    assert mu["b"].dtype == jnp.float32  # under min_quantized_size
+    assert mu["w"].codes.shape == (64, 1, 64)  # one block of 128 per row, two codes a byte
+    assert sum(x.nbytes for x in jax.tree.leaves(mu["w"])) / params["w"].size == \
+        pytest.approx(0.5 + 4 / 128)
+    wide = so.stam_lite(1e-3, state_dtype="int4").init({"w": jnp.zeros((16, 1024))})[0].mu
+    assert sum(x.nbytes for x in jax.tree.leaves(wide["w"])) / (16 * 1024) == \
+        pytest.approx(0.5 + 4 / 256)
+    # the layout (blocks, scales) is int8's: only the codes' bytes differ
+    int8 = so.stam_lite(1e-3, state_dtype="int8").init({"w": jnp.zeros((16, 1024))})[0].mu
+    assert int8["w"].scales.shape == wide["w"].scales.shape == (16, 4)
+    assert int8["w"].codes.shape == (16, 4, 256) and wide["w"].codes.shape == (16, 4, 128)
 
 
 def test_int8_option_validation():

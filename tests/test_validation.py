@@ -30,8 +30,8 @@ CASES = [
     (so.stam_lite, "adapt_strength", [0.6], "[0, 0.5]"),
     (so.stam_lite, "moment_decay", [0.0, 1.0], "(0, 1)"),
     (so.stam_lite, "beta1_update_interval", [0, -3, 2.5], "integer >= 1"),
-    (so.stam_lite, "state_dtype", ["int4", "float64", "nope", jnp.int32],
-     "float32, bfloat16, float16"),
+    (so.stam_lite, "state_dtype", ["int16", "float64", "nope", jnp.int32],
+     "float32, bfloat16, float16, int8, int4"),
     (so.stam_lite, "b1_min", [0.91], "(0, b1_base]"),
     (so.adams, "b1", [0.0, 1.0], "(0, 1)"),
     (so.adams, "b2", [1.0, -0.5], "(0, 1)"),
@@ -87,6 +87,7 @@ ALL_OPTIMIZERS = {
     "stam_lite_bf16": lambda **kw: so.stam_lite(state_dtype="bfloat16", **kw),
     "stam_lite_f16": lambda **kw: so.stam_lite(state_dtype="float16", **kw),
     "stam_lite_int8": lambda **kw: so.stam_lite(state_dtype="int8", min_quantized_size=4, **kw),
+    "stam_lite_int4": lambda **kw: so.stam_lite(state_dtype="int4", min_quantized_size=4, **kw),
     "adams": lambda **kw: so.adams(**kw),
     "factored_adamw": lambda **kw: so.factored_adamw(min_dim_to_factor=2, **kw),
     "scale_by_stam": lambda **kw: so.scale_by_stam(**kw),
@@ -255,13 +256,20 @@ def test_gradient_shape_mismatch_names_the_leaf_and_both_shapes():
         assert msg.index("(3, 2)") < msg.index("(2, 3)"), msg  # got ..., expects ...
 
 
-def test_int8_gradient_of_the_wrong_size_is_caught():
+@pytest.mark.parametrize("state_dtype", ["int8", "int4"])
+def test_quantised_gradient_of_the_wrong_size_is_caught(state_dtype):
     params = {"w": jnp.ones((64, 64))}
-    tx = so.stam_lite(state_dtype="int8")
+    tx = so.stam_lite(state_dtype=state_dtype)
     state = tx.init(params)
     assert isinstance(state[0].mu["w"], so.quantize.QuantizedArray)
     with pytest.raises(ValueError, match=r"grads\['w'\] has shape \(64, 66\)"):
         tx.update({"w": jnp.ones((64, 66))}, state, params)
+    # without params, the codes' layout is what the gradient is checked against
+    inner = so.scale_by_stam_lite(state_dtype=state_dtype)
+    state = inner.init(params)
+    with pytest.raises(ValueError, match=r"grads\['w'\] has shape \(64, 300\)"):
+        inner.update({"w": jnp.ones((64, 300))}, state)
+    inner.update({"w": jnp.ones((64, 64))}, state)
 
 
 def test_gradient_tree_mismatch_names_both_structures():
