@@ -23,10 +23,11 @@ def _layout(n, block_size):
     return n_blocks, -(-n // n_blocks)
 
 
-def _reference(x, block_size):
-    """Independent float64 model of the square-law map with nearest rounding.
+def _reference(x, block_size, levels=127):
+    """Independent float64 model of the square-law map with nearest rounding, L =
+    `levels` (127: int8, 7: int4).
 
-    Returns the decoded values, `r = 127·√(|x|/s)` (whose rounding gives |q|)
+    Returns the decoded values, `r = L·√(|x|/s)` (whose rounding gives |q|)
     and the block scale `s` of every entry of `x` (flattened in C order, padding
     dropped). Blocks tile each row of the last axis.
     """
@@ -38,8 +39,8 @@ def _reference(x, block_size):
     b = b.reshape(x.shape[0], n_blocks, block)
     s = np.abs(b).max(axis=2, keepdims=True)
     y = np.divide(b, s, out=np.zeros_like(b), where=s > 0)
-    r = 127 * np.sqrt(np.abs(y))
-    back = s * np.sign(y) * (np.round(r) / 127) ** 2
+    r = levels * np.sqrt(np.abs(y))
+    back = s * np.sign(y) * (np.round(r) / levels) ** 2
 
     def rows(v):
         return v.reshape(x.shape[0], n_blocks * block)[:, :n].reshape(-1)
@@ -302,26 +303,6 @@ def test_int8_steps_match_float64_reference():
         mu = stored
 
 
-def _reference4(x, block_size):
-    """Independent float64 model of the 4-bit signed square map (L = 7) with nearest
-    rounding: the decoded values, `r = 7·√(|x|/s)` and the block scale `s` per
-    entry of `x` (2-D, blocks tiling each row)."""
-    x = np.asarray(x, np.float64)
-    n = x.shape[1]
-    n_blocks, block = _layout(n, block_size)
-    b = np.concatenate([x, np.zeros((x.shape[0], n_blocks * block - n))], axis=1)
-    b = b.reshape(x.shape[0], n_blocks, block)
-    s = np.abs(b).max(axis=2, keepdims=True)
-    y = np.divide(b, s, out=np.zeros_like(b), where=s > 0)
-    r = 7 * np.sqrt(np.abs(y))
-    back = s * np.sign(y) * (np.round(r) / 7) ** 2
-
-    def rows(v):
-        return v.reshape(x.shape[0], n_blocks * block)[:, :n].reshape(-1)
-
-    return rows(back), rows(r), rows(np.broadcast_to(s, b.shape))
-
-
 def test_int4_steps_match_float64_reference():
     # As the int8 test: β₁ fixed, a 20x257 leaf (2 blocks of 129 per row: an odd
     # block, so each packs a padding code), zero rows (all-zero blocks). Each step
@@ -345,7 +326,7 @@ def test_int4_steps_match_float64_reference():
         stored = np.asarray(blockwise.dequantize(s.mu["w"], (20, 257), MOMENTUM_CODECS["int4"]),
                             np.float64).reshape(-1)
         want = np.float32(b1 * mu + (1 - b1) * g).reshape(20, 257)
-        ref, r, scale = _reference4(want, 256)
+        ref, r, scale = _reference(want, 256, levels=7)
         tie = np.abs(r - np.floor(r) - 0.5) < 1e-4
         np.testing.assert_allclose(stored[~tie], ref[~tie], rtol=2e-6, atol=0)
         err = np.abs(stored - want.reshape(-1))
