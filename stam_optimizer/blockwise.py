@@ -233,14 +233,16 @@ def round_up_scales(scales: jax.Array, dtype: jnp.dtype) -> jax.Array:
     `dtype` value at or above it, so that every |x| of its block stays within the
     stored scale (a bfloat16 scale is at most 2⁻⁷ above the float32 one). A scale
     beyond `dtype`'s largest finite value saturates there (the block's largest
-    entries are then clipped to it); NaN stays NaN. float32 returns `scales`.
+    entries are then clipped to it); +Inf and NaN stay as they are (the block
+    decodes to non-finite values, as in float32). float32 returns `scales`.
     (bfloat16 has float32's exponent range: a float32 subnormal scale, which
     XLA:CPU flushes to 0 anyway, stays 0.)"""
     dtype = jnp.dtype(dtype)
     if dtype == scales.dtype:
         return scales
     big = jnp.finfo(dtype).max
-    nearest = jnp.minimum(scales, big.astype(scales.dtype)).astype(dtype)
+    finite = jnp.minimum(scales, big.astype(scales.dtype))
+    nearest = jnp.where(jnp.isinf(scales), scales, finite).astype(dtype)
     bits = jax.lax.bitcast_convert_type(nearest, jnp.dtype(f"uint{8 * dtype.itemsize}"))
     up = jax.lax.bitcast_convert_type(bits + 1, dtype)
     return jnp.where(nearest.astype(scales.dtype) < jnp.minimum(scales, big), up, nearest)

@@ -224,8 +224,8 @@ def test_bfloat16_scales_are_the_smallest_bfloat16_at_or_above_the_float32_scale
     assert np.all(below[pos] < want[pos])
     assert np.all(got <= want * (1 + 2.0**-7))
     assert np.all(got[want == 0] == 0.0)
-    nan = blockwise.round_up_scales(jnp.asarray([np.nan], jnp.float32), jnp.bfloat16)
-    assert np.isnan(np.asarray(nan, np.float32)).all()
+    odd = blockwise.round_up_scales(jnp.asarray([np.nan, np.inf], jnp.float32), jnp.bfloat16)
+    assert np.isnan(np.asarray(odd[0], np.float32)) and np.asarray(odd[1], np.float32) == np.inf
 
 
 def test_bfloat16_scales_never_clip_a_block():
