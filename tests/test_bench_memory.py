@@ -314,8 +314,11 @@ def test_cli_train_step_table(tmp_path, capsys, monkeypatch):
     data = json.loads(out.read_text())
     assert {r["optimizer"] for r in data["rows"]} == {"stam_lite_bf16", "lion", "adamw"}
     rows = data["train_step"]
+    # the float parent of a storage variant is compiled too (the parent table)
     assert {(r["optimizer"], r["donated"], r["batch"], r["seq"]) for r in rows} == {
-        (o, d, 2, 8) for o in ("stam_lite_bf16", "adamw") for d in (False, True)}
+        (o, d, 2, 8) for o in ("stam_lite_bf16", "adamw", "stam_lite") for d in (False, True)}
+    assert [(r["optimizer"], r["parent"]) for r in data["parents"]] == [
+        ("stam_lite_bf16", "stam_lite")]
     base = {r["donated"]: r for r in rows if r["optimizer"] == "adamw"}
     params = _tiny_transformer()
     n, p_bytes = memory.param_count(params), memory.tree_bytes(params)
@@ -401,7 +404,8 @@ def test_resource_report_rejects_unknown_model(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
-def test_parent_rows_compare_each_storage_variant_with_its_float_parent():
+def test_parent_rows_compare_each_storage_variant_with_its_float_parent(monkeypatch):
+    monkeypatch.setattr(memory, "transformer", _tiny_transformer)
     rows = memory.train_step_rows(["stam_lite", "stam_lite_int8"], batch=1, seq=8)
     (row,) = memory.parent_rows(rows)
     assert row["optimizer"] == "stam_lite_int8" and row["parent"] == "stam_lite"
