@@ -227,15 +227,18 @@ def time_train_steps(task: str, names: list[str], steps: int, warmup: int, seed:
 
 
 def measure(trees: list[str], train_tasks: list[str], train_optimizers: list[str],
-            steps: int, warmup: int, output: str, log: Callable[[str], None]) -> dict:
+            steps: int, warmup: int, output: str, log: Callable[[str], None],
+            update_names: list[str] | None = None) -> dict:
     """Update timings on `trees`, then train-step timings of `train_tasks`; the
     JSON record is rewritten to `output` after each part, so nothing measured is
-    lost if a later part is interrupted."""
+    lost if a later part is interrupted. `update_names`: the optimizers of the
+    update timing (None: `update_optimizers()`)."""
     out = {"environment": environment(), "update": [], "train_step": [],
            "method": __doc__.strip()}
+    names = update_names or update_optimizers()
     for t in trees:
         log(f"update timing on {t} ({steps} interleaved rounds after {warmup} warm-up)")
-        out["update"].append(time_updates(t, update_optimizers(), steps, warmup, log))
+        out["update"].append(time_updates(t, names, steps, warmup, log))
         write_json(output, out)
     for task in train_tasks:
         log(f"train-step timing: {task}")

@@ -181,8 +181,12 @@ def memory_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
 
 def timing_suite(out: Path, size: str, log: Callable[[str], None]) -> None:
     s = sizes.get(size)
+    # below full size, the optimizers that count their update bytes (the storage
+    # variants and their parents, Muon's seconds-long update among them, at full)
+    names = None if size == "full" else [n for n in speed.update_optimizers()
+                                         if registry.entry(n).update_bytes]
     speed.measure(list(s.timing_trees), list(s.timing_tasks), registry.names(full=True),
-                  s.timing_steps, 3, str(out / "speed.json"), log)
+                  s.timing_steps, 3, str(out / "speed.json"), log, update_names=names)
 
 
 def signal_suite(out: Path, size: str, optimizers: Sequence[str] | None,
