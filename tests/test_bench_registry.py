@@ -111,3 +111,14 @@ def test_user_factory_becomes_an_entry(monkeypatch):
     e = registry.entry(name)
     assert e.family == "user" and e.gpt and e.quick is True
     assert dataclasses.replace(e).build is e.build
+
+
+def test_run_keeps_only_the_named_tasks(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "stress", "--size", "tiny", "--tasks", "nope"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--tasks: unknown task 'nope'" in err
+    counts = scheduler.run_programme(["stress"], "tiny", tmp_path, optimizers=["adamw"],
+                                     tasks=["stress_b8"], log=lambda m: None)
+    assert counts["done"] == 1
+    assert [p.parent.name for p in (tmp_path / "runs").glob("*/*.json")] == ["stress_b8"]

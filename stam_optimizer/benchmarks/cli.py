@@ -43,6 +43,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TASKS]
+    if unknown or not names:
+        what = ", ".join(map(repr, unknown)) if unknown else repr(text)
+        raise argparse.ArgumentTypeError(f"unknown task {what}; choose from {', '.join(TASKS)}")
+    return names
+
+
 def _suite(text: str) -> str:
     if text not in SUITES:
         raise argparse.ArgumentTypeError(f"unknown suite {text!r}; choose from "
@@ -61,7 +70,8 @@ def _programme(args: argparse.Namespace, suites: list[str], size: str) -> int:
     counts = scheduler.run_programme(suites, size, out, data_dir=args.data_dir,
                                      optimizers=args.optimizers, extra=extra,
                                      workers=args.workers,
-                                     force=args.force, log=log)
+                                     force=args.force, log=log,
+                                     tasks=getattr(args, "tasks", None))
     log(f"runs: {counts['done']} done, {counts['skipped']} kept from before, "
          f"{counts['failed']} failed, {counts['missing_data']} tasks without data; "
          f"{counts['seconds']:.0f}s")
@@ -229,6 +239,8 @@ def _add_programme_commands(sub: argparse._SubParsersAction) -> None:
                    help="problem size and seeds: tiny (seconds, for tests), quick (as "
                         "stam-bench quick), full (as stam-bench full), gpu (the "
                         "one-Chinchilla task for one GPU; suites gpt and chinchilla)")
+    p.add_argument("--tasks", type=_task_names, default=None,
+                   help="comma-separated task names: only these tasks of the suites")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("report", help="build report.md and plots from a results folder")
     p.add_argument("--results", default="results/quick", help="results folder to read")

@@ -285,8 +285,8 @@ def _check_arguments(suites: Sequence[str], size: str, workers: int) -> None:
 
 def _pending(suites: Sequence[str], size: str, out: Path, cfg: Config,
              optimizers: Sequence[str] | None, extra: Sequence[str], force: bool,
-             counts: dict, log: Callable[[str], None]) -> tuple[dict[str, Task | None],
-                                                                list[Job]]:
+             counts: dict, log: Callable[[str], None],
+             only: Sequence[str] | None = None) -> tuple[dict[str, Task | None], list[Job]]:
     """The built tasks and the jobs still to run; counts skipped and missing-data jobs.
 
     Dependent jobs are always returned: whether they are done is known only after
@@ -294,6 +294,8 @@ def _pending(suites: Sequence[str], size: str, out: Path, cfg: Config,
     tasks: dict[str, Task | None] = {}
     jobs = []
     for job in plan(suites, size, optimizers, extra):
+        if only and job.task not in only:
+            continue
         if job.task not in tasks:
             try:
                 tasks[job.task] = sized(TASKS[job.task](cfg), size)
@@ -335,8 +337,10 @@ def _save_running(futures: dict[cf.Future, Job], finished: Callable[[cf.Future],
 def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path | None = None,
                   optimizers: Sequence[str] | None = None, extra: Sequence[str] = (),
                   workers: int = 2, force: bool = False,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print,
+                  tasks: Sequence[str] | None = None) -> dict:
     """Runs `suites` at `size` into `out`; returns counts of done/skipped/failed jobs.
+    `tasks` (names) keeps only the jobs of those tasks.
 
     `optimizers` replaces each suite's optimizer set; `extra` names registry
     entries (see `registry.load`) added to every suite."""
@@ -354,7 +358,8 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
         bad = [r["optimizer"] for r in rows if not r["finite"]]
         log(f"smoke: {len(rows)} optimizers, non-finite: {', '.join(bad) or 'none'}")
 
-    tasks, jobs = _pending(suites, size, out, cfg, optimizers, extra, force, counts, log)
+    only = tasks
+    tasks, jobs = _pending(suites, size, out, cfg, optimizers, extra, force, counts, log, only)
     dependent = [j for j in jobs if source_of(j.optimizer) is not None]
     if counts["skipped"]:
         log(f"resuming: {counts['skipped']} finished runs kept, {len(jobs)} to go")
