@@ -269,7 +269,8 @@ def test_quantised_gradient_of_the_wrong_size_is_caught(state_dtype):
     state = inner.init(params)
     with pytest.raises(ValueError, match=r"grads\['w'\] has shape \(64, 300\)"):
         inner.update({"w": jnp.ones((64, 300))}, state)
-    inner.update({"w": jnp.ones((64, 64))}, state)
+    # compiled: an eager int4 update once crashed an xdist worker (XLA:CPU, jax 0.10.2)
+    jax.jit(inner.update)({"w": jnp.ones((64, 64))}, state)
 
 
 def test_gradient_tree_mismatch_names_both_structures():
