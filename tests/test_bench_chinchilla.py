@@ -332,3 +332,43 @@ def test_gpu_task_runs_at_a_tiny_shape_on_cpu(monkeypatch):
     out, _, _ = runner.execute(short, "muon", [1e-2], [0, 1])
     assert np.all(np.isfinite(out["metrics/val_loss"])) and out["test/heldout_loss"].shape == (
         1, 1, 2)
+
+
+def test_a_low_bit_member_runs_at_its_parents_learning_rate(tmp_path):
+    """On the long-run tasks a storage variant is not tuned: its final seeds run at
+    the learning rate its parent chose, after the parent, and the parity verdict
+    reads them there."""
+    def run(names):
+        return scheduler.run_programme(["chinchilla"], "tiny", tmp_path, optimizers=names,
+                                       workers=1, log=lambda _: None,
+                                       tasks=["chinchilla_small"])
+    counts = run(["adamw_8bit", "adamw"])  # the member first: it still waits for its parent
+    assert counts["done"] == 2 and counts["failed"] == 0
+    path = tmp_path / "runs" / "chinchilla_small"
+    parent = records.load_json(path / "adamw.json")
+    member = records.load_json(path / "adamw_8bit.json")
+    lr = parent["final"]["lr"]
+    assert member["tuning"]["at_parent_lr"] == lr and member["tuning"]["parent"] == "adamw"
+    assert member["tuning"]["lrs"] == [lr] and member["tuning"]["seeds"] == []
+    assert member["final"]["lr"] == lr and member["final"]["seeds"] == parent["final"]["seeds"]
+    assert list(stats.compare_at_parent_lr({"chinchilla_small": {"adamw": parent,
+                                                                  "adamw_8bit": member}},
+                                           [("adamw_8bit", "adamw")])) == \
+        [("chinchilla_small", "adamw_8bit", "adamw")]
+    again = run(["adamw", "adamw_8bit"])  # resumes: both kept
+    assert again["done"] == 0 and again["skipped"] == 2
+    # a parent that chose another learning rate makes the member's run stale
+    task = ch.TASKS["chinchilla_small"](Config(size="tiny"))
+    job = scheduler.Job("run", "chinchilla_small", "adamw_8bit")
+    assert scheduler.is_done(job, task, tmp_path, "tiny")
+    parent["final"]["lr"] = next(x for x in parent["tuning"]["lrs"] if x != lr)
+    records.write_json(str(path / "adamw.json"), parent)
+    assert not scheduler.is_done(job, task, tmp_path, "tiny")
+
+
+def test_a_low_bit_member_without_its_parent_says_what_to_run(tmp_path):
+    logs = []
+    counts = scheduler.run_programme(["chinchilla"], "tiny", tmp_path, optimizers=["adamw_8bit"],
+                                     workers=1, log=logs.append, tasks=["chinchilla_small"])
+    assert counts["failed"] == 1
+    assert any("run adamw on this task first" in line for line in logs)

@@ -167,14 +167,24 @@ def _grid_extension(lrs: list[float], best: int) -> list[float] | None:
 
 
 def tune_and_run(task: Task, name: str, tune_seeds: list[int], final_seeds: list[int],
-                 size: str) -> dict:
-    """The whole protocol for one (task, optimizer); returns the run record."""
+                 size: str, at_lr: float | None = None) -> dict:
+    """The whole protocol for one (task, optimizer); returns the run record.
+
+    `at_lr`: no tuning; the final seeds run at this learning rate alone (a storage
+    variant at the learning rate its float parent chose, `scheduler.parity_parent`),
+    and the record's tuning part lists no seeds."""
+    if at_lr is not None:
+        tune_seeds = []
     seeds = list(tune_seeds) + list(final_seeds)
     nt = len(tune_seeds)
-    lrs = list(task.lr_grid)
+    lrs = list(task.lr_grid) if at_lr is None else [at_lr]
     run_seeds = list(tune_seeds) if task.final_at_best else seeds
-    out, compile_s, run_s = execute(task, name, lrs, run_seeds)
     extended = False
+    if at_lr is not None:
+        out, compile_s, run_s = execute(task, name, lrs, final_seeds)
+        return _record(task, name, size, out, lrs, 0, tune_seeds, final_seeds, extended,
+                       compile_s, run_s)
+    out, compile_s, run_s = execute(task, name, lrs, run_seeds)
 
     def select(out, lrs):
         score = derived_metrics(task, out)[task.metric][:, 0, :nt].mean(-1)
@@ -194,7 +204,16 @@ def tune_and_run(task: Task, name: str, tune_seeds: list[int], final_seeds: list
         more, c3, r3 = execute(task, name, [lrs[best]], final_seeds)
         compile_s, run_s = compile_s + c3, run_s + r3
         out = _with_final_seeds(out, more, best)
+    return _record(task, name, size, out, lrs, best, tune_seeds, final_seeds, extended,
+                   compile_s, run_s)
 
+
+def _record(task: Task, name: str, size: str, out: dict, lrs: list[float], best: int,
+            tune_seeds: list[int], final_seeds: list[int], extended: bool,
+            compile_s: float, run_s: float) -> dict:
+    """The run record of `out` (lrs, 1, tuning + final seeds, ...), `best` the
+    index of the chosen learning rate."""
+    nt = len(tune_seeds)
     final = derived_metrics(task, out)
     steps = eval_steps(task)
     rec = {

@@ -38,6 +38,36 @@ def source_of(name: str) -> str | None:
     return registry.entry(name).depends_on
 
 
+def parity_parent(name: str, task: Task) -> str | None:
+    """The float parent whose chosen learning rate `name` runs at on `task`, or None.
+
+    On a task that runs its final seeds at one learning rate (`Task.final_at_best`,
+    the long runs), a storage variant (`registry.Entry.parent`: low-bit or bf16
+    state) is not tuned: its final seeds run at the learning rate its parent
+    chose, after the parent's job, which is what a user who switches by changing
+    one line gets (and what the parity verdicts compare). On other tasks every
+    optimizer runs the whole grid, and the report reads the variant at the
+    parent's learning rate from it."""
+    return registry.entry(name).parent if task.final_at_best else None
+
+
+def waits_for(job: Job, task: Task) -> str | None:
+    """The run on the same task whose record `job` needs before it can start."""
+    return source_of(job.optimizer) or parity_parent(job.optimizer, task)
+
+
+def parent_lr(job: Job, task: Task, out: Path) -> float:
+    """The learning rate the parity parent of `job` chose on its task (from its run
+    on disk); raises ValueError naming the missing run."""
+    parent = parity_parent(job.optimizer, task)
+    rec = records.load_json(Job("run", job.task, parent).path(out))
+    if not rec or not is_done(Job("run", job.task, parent), task, out, rec.get("size")):
+        raise ValueError(f"{job.optimizer} on {job.task} runs at the learning rate its float "
+                         f"parent {parent} chose: run {parent} on this task first (e.g. "
+                         f"--optimizers {parent},{job.optimizer})")
+    return float(rec["final"]["lr"])
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
     kind: str  # "run" | "sweep"
@@ -122,6 +152,12 @@ def is_done(job: Job, task: Task, out: Path, size: str) -> bool:
         return rec.get("lrs") == list(s.sweep_lrs) and rec.get("wds") == list(s.sweep_wds) \
             and rec.get("seeds") == list(s.sweep_seeds)
     tune, final = seeds_of(task, size)
+    if parity_parent(job.optimizer, task) is not None:
+        try:
+            lr = parent_lr(job, task, out)
+        except ValueError:
+            return False
+        return rec["tuning"].get("at_parent_lr") == lr and rec["final"]["seeds"] == list(final)
     if source_of(job.optimizer) is not None:
         try:
             value = constant_beta1(job, out)[1]
@@ -144,6 +180,10 @@ def run_job(job: Job, task: Task, out: Path, size: str) -> dict:
         rec["optimizer"] = job.optimizer
         rec["constant_beta1"] = {"value": value, "from": source_of(job.optimizer),
                                  "registry_name": name}
+    elif parity_parent(job.optimizer, task) is not None:
+        lr = parent_lr(job, task, out)
+        rec = runner.tune_and_run(task, job.optimizer, *seeds_of(task, size), size, at_lr=lr)
+        rec["tuning"] |= {"at_parent_lr": lr, "parent": parity_parent(job.optimizer, task)}
     else:
         rec = runner.tune_and_run(task, job.optimizer, *seeds_of(task, size), size)
     records.write_json(str(job.path(out)), rec)
@@ -305,8 +345,8 @@ def _pending(suites: Sequence[str], size: str, out: Path, cfg: Config,
                 counts["missing_data"] += 1
         if tasks[job.task] is None:
             continue
-        if not force and source_of(job.optimizer) is None and is_done(job, tasks[job.task], out,
-                                                                     size):
+        if not force and waits_for(job, tasks[job.task]) is None and \
+                is_done(job, tasks[job.task], out, size):
             counts["skipped"] += 1
             continue
         jobs.append(job)
@@ -360,7 +400,7 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
 
     only = tasks
     tasks, jobs = _pending(suites, size, out, cfg, optimizers, extra, force, counts, log, only)
-    dependent = [j for j in jobs if source_of(j.optimizer) is not None]
+    dependent = [j for j in jobs if waits_for(j, tasks[j.task]) is not None]
     if counts["skipped"]:
         log(f"resuming: {counts['skipped']} finished runs kept, {len(jobs)} to go")
 
@@ -389,7 +429,7 @@ def run_programme(suites: Sequence[str], size: str, out: Path, *, data_dir: Path
             finished(fut)
 
     try:
-        run_all([j for j in jobs if source_of(j.optimizer) is None])
+        run_all([j for j in jobs if j not in dependent])
         # dependent jobs read the runs just written; a finished one is kept only
         # if it was built from the source run now on disk
         later = [j for j in dependent if force or not is_done(j, tasks[j.task], out, size)]

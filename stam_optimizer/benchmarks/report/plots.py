@@ -119,8 +119,8 @@ def lr_sensitivity(task: str, runs: Mapping[str, dict], path: str | Path,
     top = start if start is not None and math.isfinite(start) and start > 0 else None
     for k, (name, run) in enumerate(runs.items()):
         tuning = run.get("tuning") or {}
-        if not tuning.get("lrs") or not tuning.get("metric"):
-            continue
+        if not tuning.get("lrs") or not tuning.get("seeds"):
+            continue  # not tuned (a storage variant run at its parent's learning rate)
         lrs = np.asarray(tuning["lrs"], dtype=float)
         values = np.asarray(tuning["metric"], dtype=float).reshape(lrs.size, -1)
         mean = np.where(np.isfinite(values).all(axis=1), values.mean(axis=1), np.nan)

@@ -154,7 +154,8 @@ def _header(ctx: _Context) -> list[str]:
     env_text = "; ".join(f"jax {j}, optax {o}, CPU {c}, {t} threads" for j, o, c, t in envs)
     optimizers = sorted({r["optimizer"] for r in runs})
     seeds = sorted({tuple(r["final"]["seeds"]) for r in runs})
-    tune = sorted({tuple((r.get("tuning") or {}).get("seeds", ())) for r in runs})
+    tune = sorted({tuple((r.get("tuning") or {}).get("seeds", ())) for r in runs
+                   if "at_parent_lr" not in (r.get("tuning") or {})})
     date = _date()
     rel = _relative(ctx.results_dir, ctx.out_dir)
     source = ("the run files in this report's folder" if rel == "." else
@@ -185,6 +186,11 @@ def _header(ctx: _Context) -> list[str]:
         f"smallest difference the paired t-test would detect with {POWER:.0%} power at its "
         "family's strictest level α/m, given the number of seeds and the observed spread of "
         "the per-seed differences.", ""]
+    if any("at_parent_lr" in (r.get("tuning") or {}) for r in runs):
+        lines += ["Storage variants on the long-run tasks (their final seeds at one learning "
+                  "rate) are not tuned: they run at the learning rate their float parent chose, "
+                  "marked with the parent's name in the tables, as a user who switches by "
+                  "changing one line would.", ""]
     fams = families(ctx.tasks, ctx.baseline)
     if fams:
         lines += ["**Correction families** (Holm runs over each separately):", ""]
@@ -252,7 +258,9 @@ def _task_rows(ctx: _Context, task: str, runs: dict[str, dict]) -> list[list[str
         tuning = run.get("tuning") or {}
         lr = tuning.get("best_lr", run["final"].get("lr"))
         lrs = tuning.get("lrs") or []
-        note = " (grid edge)" if lrs and lr in (min(lrs), max(lrs)) else ""
+        parent = tuning.get("parent") if "at_parent_lr" in tuning else None
+        note = (f" ({parent}'s)" if parent else
+                " (grid edge)" if lrs and lr in (min(lrs), max(lrs)) else "")
         note += " (grid extended)" if tuning.get("extended") else ""
         steps = run_steps_to_target(run)
         reached = [s for s in steps if s is not None]
