@@ -18,7 +18,12 @@ Both optimizers take `signal=`:
   near 1 for pure noise, above 1 right after the gradients turn against the
   momentum. β₁ falls linearly with it, so more noise (relative to the
   gradient's mean) lowers β₁, less noise raises it, and a sign flip of the
-  mean lowers it for as long as the momentum disagrees.
+  mean lowers it for as long as the momentum disagrees. That holds where the
+  gradient's mean is resolved per entry (|mean|/std ≳ 0.5). Below, z ≈ 1 and
+  β₁ sits at `b1_min`: at the per-entry signal-to-noise ratio of GPT gradients
+  mid-training (≈ 0.2, `stam-bench snr`) more noise cannot lower β₁, and less
+  noise raises it only after hundreds of steps (docs/signal.md, "At the SNR of
+  GPT gradients"). Neither signal follows the noise level there.
 
 The energy rules, per tensor, in docs/math.md's notation (`d` is STAM's
 `tau_decay`, or STAMLite's `moment_decay` ρ, whose `b` is Q)::

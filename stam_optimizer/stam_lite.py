@@ -211,7 +211,9 @@ def scale_by_stam_lite(
 
     and the candidate β₁ is `b1_base` where z is not finite. β₁ then falls with
     more gradient noise, rises with less, and falls while the gradients disagree
-    with the momentum (see `beta1_signal` and docs/signal.md).
+    with the momentum, where the gradient's mean is resolved per entry; at GPT
+    gradients' per-entry signal-to-noise ratio (≈ 0.2) β₁ sits at `b1_min` (see
+    `beta1_signal` and docs/signal.md).
 
     Args:
       b1_base: base (and largest) β₁, in (0, 1). Default 0.9.

@@ -56,7 +56,17 @@ CASES = [
           ("one_sign", "flat", 0.01, 200),
           ("rotation", "flat", 0.01, HALF),  # too slow for the momentum to disagree
           ("warmup", "flat", 0.01, HALF),
-          ("decay", "flat", 0.01, HALF))),
+          ("decay", "flat", 0.01, HALF),
+          # at GPT gradients' SNR (0.2) β₁ is pinned at b1_min: more noise moves
+          # nothing, less noise shows only after the old energy has decayed
+          ("noise_up_low_snr", "flat", 1e-6, 200),
+          ("noise_down_low_snr", "flat", 0.02, 200),
+          ("noise_down_low_snr", "rises", 0.06, 600))),
+    # the SPEC signals move the same at SNR 0.2 as at SNR 1
+    ("stam_spec", "noise_up_low_snr", "rises", 0.03, 100),
+    ("stam_spec", "noise_down_low_snr", "falls", 0.03, 100),
+    ("lite_spec", "noise_up_low_snr", "flat", 0.002, 200),
+    ("lite_spec", "noise_down_low_snr", "flat", 0.002, 200),
 ]
 
 
@@ -113,3 +123,10 @@ def test_energy_level_follows_the_noise_share():
         b = _beta1(signal, "noise_up")
         assert 0.78 < b[C - 1] < 0.81, b[C - 1]
         np.testing.assert_allclose(b[C + 100:], 0.72, atol=1e-6)
+
+
+def test_energy_sits_at_b1_min_at_gpt_snr():
+    # mean 0.2·m against noise 1: z ≈ 1 from the start, β₁ = b1_min = 0.72
+    for signal in ("stam_energy", "lite_energy"):
+        b = _beta1(signal, "noise_up_low_snr")
+        np.testing.assert_allclose(b[100:], 0.72, atol=1e-6)

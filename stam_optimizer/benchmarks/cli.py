@@ -8,6 +8,7 @@
     stam-bench speed [options]      update-only and train-step timing
     stam-bench profile [options]    time per kernel of one optimizer update
     stam-bench memory [options]     optimizer-state bytes and compiled step memory
+    stam-bench snr [options]        per-entry signal-to-noise ratio of gpt gradients
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from stam_optimizer.benchmarks.measure import kernel_profile, memory, speed
+from stam_optimizer.benchmarks.measure import gradient_snr, kernel_profile, memory, speed
 from stam_optimizer.benchmarks.programme import records, registry, scheduler, sizes
 from stam_optimizer.benchmarks.programme.argtypes import (
     model_name,
@@ -25,6 +26,7 @@ from stam_optimizer.benchmarks.programme.argtypes import (
     nonnegative,
     optimizer_names,
     positive,
+    positive_float,
 )
 from stam_optimizer.benchmarks.programme.log import log
 from stam_optimizer.benchmarks.programme.records import write_json
@@ -184,6 +186,44 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_3(text: str) -> int:
+    n = positive(text)
+    if n < 3:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 3, got {text!r}")
+    return n
+
+
+def _snr_tasks() -> dict:
+    from stam_optimizer.benchmarks.tasks import chinchilla, gpt
+
+    return gpt.TASKS | chinchilla.TASKS
+
+
+def cmd_snr(args: argparse.Namespace) -> int:
+    from stam_optimizer.benchmarks.programme.task import Config
+
+    results = []
+    for name in args.tasks:
+        log(f"snr: {name} at size {args.size} ({args.batches} batches per point)")
+        results.append(gradient_snr.measure(_snr_tasks()[name](Config(size=args.size)),
+                                            args.lr, args.batches))
+    print(gradient_snr.table(results))
+    write_json(args.output, {"environment": records.environment(), "results": results,
+                             "method": gradient_snr.__doc__.strip()})
+    print(f"\nwritten: {args.output}")
+    return 0
+
+
+def _gpt_tasks(text: str) -> list[str]:
+    names, known = [t for t in text.split(",") if t], _snr_tasks()
+    bad = [t for t in names if t not in known]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"--tasks takes gpt-suite task names, got {', '.join(bad) or 'none'}; choose "
+            f"from {', '.join(known)}")
+    return names
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps descriptions as written and shows every option's default."""
 
@@ -280,6 +320,19 @@ def _add_measurement_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=positive, default=12, help="kernels shown per optimizer")
     p.add_argument("--output", default="results/profile.json", help="JSON file to write")
     p.set_defaults(func=cmd_profile)
+    p = sub.add_parser("snr", help="per-entry signal-to-noise ratio of gpt gradients",
+                       description=gradient_snr.__doc__)
+    p.add_argument("--tasks", type=_gpt_tasks,
+                   default="gpt_d64,chinchilla_small,chinchilla_medium",
+                   help="comma-separated gpt or one-Chinchilla task names")
+    p.add_argument("--size", choices=("tiny", "full"), default="full",
+                   help="task size")
+    p.add_argument("--batches", type=_at_least_3, default=gradient_snr.BATCHES,
+                   help="minibatch gradients per point (>= 3)")
+    p.add_argument("--lr", type=positive_float, default=1e-2,
+                   help="AdamW peak learning rate of the trained point (> 0)")
+    p.add_argument("--output", default="results/snr.json", help="JSON file to write")
+    p.set_defaults(func=cmd_snr)
 
 
 def build_parser() -> argparse.ArgumentParser:

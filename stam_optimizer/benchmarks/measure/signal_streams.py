@@ -25,6 +25,12 @@ import optax
 from stam_optimizer import beta1_signal
 from stam_optimizer.diagnostics import find_states
 
+# Per-entry signal-to-noise ratio |mean|/std of minibatch gradients of the
+# one-Chinchilla GPTs half-way through training with AdamW (`stam-bench snr`,
+# docs/results/snr_cpu.json: medians 0.22 and 0.23; 0.5 on the short gpt task
+# d64 at step 100, 0.75–1.1 at initialisation).
+GPT_SNR = 0.2
+
 # name -> (what changes at the change step, what the 0.1.0 description promises)
 STREAMS: dict[str, tuple[str, str]] = {
     "stationary": ("nothing: mean m + noise of std 1 throughout", "constant"),
@@ -37,6 +43,10 @@ STREAMS: dict[str, tuple[str, str]] = {
     "one_sign": ("mean m → abs(m): every entry's mean has one sign (noise std 1)", "constant"),
     "warmup": ("gradient scale grows ×10 (geometric) over the second half", "constant"),
     "decay": ("gradient scale shrinks ÷10 (geometric) over the second half", "constant"),
+    "noise_up_low_snr": (f"mean {GPT_SNR:g}·m (per-entry SNR {GPT_SNR:g}, as gpt gradients "
+                         "mid-training); noise std 1 → 5", "falls"),
+    "noise_down_low_snr": (f"mean {GPT_SNR:g}·m (per-entry SNR {GPT_SNR:g}); noise std 1 → 0.2",
+                           "rises"),
 }
 PROMISE_WORDS = {
     "constant": "no change (the signal-to-noise ratio is unchanged)",
@@ -60,9 +70,11 @@ def make_stream(name: str, n: int, steps: int, seed: int = 0) -> np.ndarray:
     mean = np.broadcast_to(m, (steps, n))
     noise = xi
     scale = np.ones((steps, 1))
-    if name == "noise_up":
+    if name.endswith("_low_snr"):
+        mean = GPT_SNR * mean
+    if name.startswith("noise_up"):
         noise = np.where(after, 5.0, 1.0) * xi
-    elif name == "noise_down":
+    elif name.startswith("noise_down"):
         noise = np.where(after, 0.2, 1.0) * xi
     elif name == "sign_flip":
         mean, noise = np.where(after, -m, m), 0.1 * xi
