@@ -321,6 +321,15 @@ def test_tiny_regime_end_to_end(tmp_path):
     assert out["tasks"][task.name]["adamw_tuned_b1"]["beta1"] == 0.9
     text = report.build_report(tmp_path).read_text()
     assert "## One Chinchilla" in text and "Decisive primary comparisons: 3 of 3" in text
+    # summary.json carries the primary family next to the compact runs
+    block = json.loads((tmp_path / "summary.json").read_text())["one_chinchilla"]
+    assert block["tasks"][task.name]["params"] == 792
+    assert block["tasks"][task.name]["tokens_per_param"] == 20
+    got = {(r["candidate"], r["baseline"]): r for r in block["primary"]}
+    assert got[("stam_full", "adamw")]["verdict"] == "win"
+    assert got[("stam_full", "adamw")]["diff"] == pytest.approx(-0.1, abs=1e-4)
+    assert set(got[("stam_lite", "adamw")]) >= {"diff", "ci", "holm_p", "verdict"}
+    assert block["decisive"]["count"] == 3
 
 
 def test_gpu_task_runs_at_a_tiny_shape_on_cpu(monkeypatch):
@@ -355,6 +364,8 @@ def test_a_low_bit_member_runs_at_its_parents_learning_rate(tmp_path):
                                                                   "adamw_8bit": member}},
                                            [("adamw_8bit", "adamw")])) == \
         [("chinchilla_small", "adamw_8bit", "adamw")]
+    text = report.build_report(tmp_path).read_text()
+    assert f"| `adamw_8bit` | {lr:g} (adamw's) |" in text and "are not tuned" in text
     again = run(["adamw", "adamw_8bit"])  # resumes: both kept
     assert again["done"] == 0 and again["skipped"] == 2
     # a parent that chose another learning rate makes the member's run stale

@@ -179,6 +179,10 @@ def build(tasks: dict, sweeps: dict, signal: dict | None, baseline: str,
             "sweeps": out_sweeps, "environments": envs}
     if signal:
         data["signal"] = compact_signal(signal)
+    from stam_optimizer.benchmarks.report import chinchilla_report
+
+    if chinchilla_report.regime_runs(tasks):  # derived, never read back
+        data["one_chinchilla"] = _clean(chinchilla_report.summary(tasks), DIGITS)
     data = _clean(data)
     if all(_float32_exact(v) for v in _measured(data)):
         data["precision"] = "float32"
