@@ -328,7 +328,14 @@ def quantized_state(
     def init_fn(params):
         state = inner.init(params)
         treedef, codecs = _plan(inner, state, params, bits, min_size, codec_for)
-        leaves = _encode(treedef.flatten_up_to(state), codecs, block_size, None, scale_dtype)
+        leaves = treedef.flatten_up_to(state)
+        # One compiled program for the encoding (eagerly, every op of every leaf would
+        # be compiled for its sharding on its own: seconds per mesh layout).
+        quantized = [i for i, c in enumerate(codecs) if c is not None]
+        encoded = jax.jit(lambda xs: _encode(xs, [codecs[i] for i in quantized], block_size,
+                                             None, scale_dtype))([leaves[i] for i in quantized])
+        for i, q in zip(quantized, encoded, strict=True):
+            leaves[i] = q
         return QuantizedStateState(treedef.unflatten(leaves), jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None, **extra_args):

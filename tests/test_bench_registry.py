@@ -59,7 +59,7 @@ def one_more(monkeypatch):
 def test_one_entry_runs_through_smoke_gpt_memory_and_report(one_more, tmp_path, capsys):
     out = tmp_path / "results"
     code = cli.main(["run", "smoke", "gpt", "--size", "tiny", "--optimizers",
-                     f"adamw,{one_more}", "--out", str(out)])
+                     f"adamw,{one_more}", "--tasks", "gpt_d16", "--out", str(out)])
     assert code == 0
     smoke = json.loads((out / "smoke.json").read_text())
     assert {r["optimizer"] for r in smoke["rows"]} >= {one_more}  # smoke runs every entry

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
-from optimizers_under_test import ADAPTIVE, ALIASES, QUANTIZED, QUANTIZED_STATE, alias
+from optimizers_under_test import ADAPTIVE, HARNESS, QUANTIZED, QUANTIZED_STATE, alias
 
 import stam_optimizer as so
 from stam_optimizer import quantize
@@ -76,7 +76,7 @@ def _width(name, block):
 
 
 @pytest.mark.parametrize("with_value", [False, True])
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", HARNESS)
 def test_nnx_optimizer_trains(name, with_value):
     model = MLP(nnx.Rngs(0), partitioned=False)
     opt = nnx.Optimizer(model, alias(name), wrt=nnx.Param)
@@ -95,7 +95,7 @@ def test_nnx_optimizer_trains(name, with_value):
             assert q.scales.dtype == (jnp.bfloat16 if name in QUANTIZED_STATE else jnp.float32)
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", HARNESS)
 def test_nnx_optimizer_eager_update_matches_jitted(name):
     # flax's tests call update outside jit too; both must give the same params.
     x, y = _data()
@@ -116,7 +116,7 @@ def test_nnx_optimizer_eager_update_matches_jitted(name):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", HARNESS)
 def test_nnx_tree_map_params_and_masked(name):
     model = MLP(nnx.Rngs(0), partitioned=False)
     params = nnx.state(model, nnx.Param)
@@ -156,7 +156,7 @@ def _per_device_fraction(arr):
 
 
 @pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", HARNESS)
 def test_nnx_optimizer_on_a_partitioned_model_under_a_mesh(name, axis_type):
     assert jax.device_count() == 8, "conftest.py asks XLA for 8 CPU devices"
     mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(axis_type,))
