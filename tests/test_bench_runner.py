@@ -152,12 +152,16 @@ def test_every_task_builds_at_tiny_size(tmp_path):
         gpu_only = name in SUITES["chinchilla"].gpu_tasks  # built at its own size
         task = make(dataclasses.replace(cfg, size="gpu") if gpu_only else cfg)
         assert task.steps % task.eval_every == 0 and task.metric
-        params = task.init(jax.random.key(0))
-        loss = jax.jit(task.loss)(params, task.batch(jax.random.key(1), 0))
+        @jax.jit  # one program per task: loss, evaluation and test together
+        def check(key, task=task):
+            params = task.init(key)
+            metrics = task.evaluate(params, 0)
+            if task.test is not None:
+                metrics |= task.test(params)
+            return task.loss(params, task.batch(jax.random.fold_in(key, 1), 0)), metrics
+
+        loss, metrics = check(jax.random.key(0))
         assert np.isfinite(float(loss)), name
-        metrics = jax.jit(task.evaluate)(params, 0)
-        if task.test is not None:
-            metrics |= jax.jit(task.test)(params)
         assert task.metric in (set(metrics) | {"post_shift_val_loss"})
 
 
