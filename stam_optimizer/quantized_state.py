@@ -149,6 +149,20 @@ def _encode(leaves: list, codecs: list[Codec | None], block_size: int,
     return out
 
 
+def _encode_compiled(leaves: list, codecs: list[Codec | None], block_size: int,
+                     scale_dtype: str) -> list:
+    """`_encode` with nearest rounding, as one compiled program over the quantised
+    leaves (eagerly, every op of every leaf would be compiled for its sharding on
+    its own: seconds per mesh layout); the other leaves are returned as they are."""
+    quantized = [i for i, c in enumerate(codecs) if c is not None]
+    encoded = jax.jit(lambda xs: _encode(xs, [codecs[i] for i in quantized], block_size,
+                                         None, scale_dtype))([leaves[i] for i in quantized])
+    out = list(leaves)
+    for i, q in zip(quantized, encoded, strict=True):
+        out[i] = q
+    return out
+
+
 def _decode(leaves: list, codecs: list[Codec | None], abstract: list) -> list:
     out = []
     for x, c, a in zip(leaves, codecs, abstract, strict=True):
@@ -201,7 +215,7 @@ def quantize_state(state: Any, inner: optax.GradientTransformation, params: Any,
     """
     block_size = _validate(bits, min_size, block_size, False, 0, scale_dtype)
     treedef, codecs = _plan(inner, state, params, bits, min_size, codec_for)
-    leaves = _encode(treedef.flatten_up_to(state), codecs, block_size, None, scale_dtype)
+    leaves = _encode_compiled(treedef.flatten_up_to(state), codecs, block_size, scale_dtype)
     return QuantizedStateState(treedef.unflatten(leaves), jnp.zeros([], jnp.int32))
 
 
@@ -328,14 +342,8 @@ def quantized_state(
     def init_fn(params):
         state = inner.init(params)
         treedef, codecs = _plan(inner, state, params, bits, min_size, codec_for)
-        leaves = treedef.flatten_up_to(state)
-        # One compiled program for the encoding (eagerly, every op of every leaf would
-        # be compiled for its sharding on its own: seconds per mesh layout).
-        quantized = [i for i, c in enumerate(codecs) if c is not None]
-        encoded = jax.jit(lambda xs: _encode(xs, [codecs[i] for i in quantized], block_size,
-                                             None, scale_dtype))([leaves[i] for i in quantized])
-        for i, q in zip(quantized, encoded, strict=True):
-            leaves[i] = q
+        leaves = _encode_compiled(treedef.flatten_up_to(state), codecs, block_size,
+                                  scale_dtype)
         return QuantizedStateState(treedef.unflatten(leaves), jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None, **extra_args):

@@ -174,16 +174,14 @@ def tune_and_run(task: Task, name: str, tune_seeds: list[int], final_seeds: list
     variant at the learning rate its float parent chose, `scheduler.parity_parent`),
     and the record's tuning part lists no seeds."""
     if at_lr is not None:
-        tune_seeds = []
+        out, compile_s, run_s = execute(task, name, [at_lr], final_seeds)
+        return _record(task, name, size, out, [at_lr], 0, [], final_seeds, False,
+                       compile_s, run_s)
     seeds = list(tune_seeds) + list(final_seeds)
     nt = len(tune_seeds)
-    lrs = list(task.lr_grid) if at_lr is None else [at_lr]
+    lrs = list(task.lr_grid)
     run_seeds = list(tune_seeds) if task.final_at_best else seeds
     extended = False
-    if at_lr is not None:
-        out, compile_s, run_s = execute(task, name, lrs, final_seeds)
-        return _record(task, name, size, out, lrs, 0, tune_seeds, final_seeds, extended,
-                       compile_s, run_s)
     out, compile_s, run_s = execute(task, name, lrs, run_seeds)
 
     def select(out, lrs):

@@ -56,16 +56,16 @@ def waits_for(job: Job, task: Task) -> str | None:
     return source_of(job.optimizer) or parity_parent(job.optimizer, task)
 
 
-def parent_lr(job: Job, task: Task, out: Path) -> float:
-    """The learning rate the parity parent of `job` chose on its task (from its run
-    on disk); raises ValueError naming the missing run."""
-    parent = parity_parent(job.optimizer, task)
-    rec = records.load_json(Job("run", job.task, parent).path(out))
-    if not rec or not is_done(Job("run", job.task, parent), task, out, rec.get("size")):
+def parent_lr(job: Job, task: Task, out: Path, size: str) -> float:
+    """The learning rate the parity parent of `job` chose on its task (from its
+    finished run at `size` on disk); raises ValueError naming the missing run."""
+    name = parity_parent(job.optimizer, task)
+    parent = Job("run", job.task, name)
+    if not is_done(parent, task, out, size):
         raise ValueError(f"{job.optimizer} on {job.task} runs at the learning rate its float "
-                         f"parent {parent} chose: run {parent} on this task first (e.g. "
-                         f"--optimizers {parent},{job.optimizer})")
-    return float(rec["final"]["lr"])
+                         f"parent {name} chose: run {name} on this task first (e.g. "
+                         f"--optimizers {name},{job.optimizer})")
+    return float(records.load_json(parent.path(out))["final"]["lr"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +154,7 @@ def is_done(job: Job, task: Task, out: Path, size: str) -> bool:
     tune, final = seeds_of(task, size)
     if parity_parent(job.optimizer, task) is not None:
         try:
-            lr = parent_lr(job, task, out)
+            lr = parent_lr(job, task, out, size)
         except ValueError:
             return False
         return rec["tuning"].get("at_parent_lr") == lr and rec["final"]["seeds"] == list(final)
@@ -181,7 +181,7 @@ def run_job(job: Job, task: Task, out: Path, size: str) -> dict:
         rec["constant_beta1"] = {"value": value, "from": source_of(job.optimizer),
                                  "registry_name": name}
     elif parity_parent(job.optimizer, task) is not None:
-        lr = parent_lr(job, task, out)
+        lr = parent_lr(job, task, out, size)
         rec = runner.tune_and_run(task, job.optimizer, *seeds_of(task, size), size, at_lr=lr)
         rec["tuning"] |= {"at_parent_lr": lr, "parent": parity_parent(job.optimizer, task)}
     else:

@@ -146,6 +146,13 @@ def _relative(path: Path, start: Path) -> str:
     return Path(rel).as_posix()
 
 
+def parity_parent(run: dict) -> str | None:
+    """The float parent at whose chosen learning rate `run` ran untuned (a storage
+    variant on a long-run task, `scheduler.parity_parent`), or None."""
+    tuning = run.get("tuning") or {}
+    return tuning.get("parent") if "at_parent_lr" in tuning else None
+
+
 def _header(ctx: _Context) -> list[str]:
     runs = [r for runs in ctx.tasks.values() for r in runs.values()]
     sizes = sorted({str(r.get("size", "?")) for r in runs}) or ["n/a"]
@@ -155,7 +162,7 @@ def _header(ctx: _Context) -> list[str]:
     optimizers = sorted({r["optimizer"] for r in runs})
     seeds = sorted({tuple(r["final"]["seeds"]) for r in runs})
     tune = sorted({tuple((r.get("tuning") or {}).get("seeds", ())) for r in runs
-                   if "at_parent_lr" not in (r.get("tuning") or {})})
+                   if parity_parent(r) is None})
     date = _date()
     rel = _relative(ctx.results_dir, ctx.out_dir)
     source = ("the run files in this report's folder" if rel == "." else
@@ -186,7 +193,7 @@ def _header(ctx: _Context) -> list[str]:
         f"smallest difference the paired t-test would detect with {POWER:.0%} power at its "
         "family's strictest level α/m, given the number of seeds and the observed spread of "
         "the per-seed differences.", ""]
-    if any("at_parent_lr" in (r.get("tuning") or {}) for r in runs):
+    if any(parity_parent(r) is not None for r in runs):
         lines += ["Storage variants on the long-run tasks (their final seeds at one learning "
                   "rate) are not tuned: they run at the learning rate their float parent chose, "
                   "marked with the parent's name in the tables, as a user who switches by "
@@ -258,7 +265,7 @@ def _task_rows(ctx: _Context, task: str, runs: dict[str, dict]) -> list[list[str
         tuning = run.get("tuning") or {}
         lr = tuning.get("best_lr", run["final"].get("lr"))
         lrs = tuning.get("lrs") or []
-        parent = tuning.get("parent") if "at_parent_lr" in tuning else None
+        parent = parity_parent(run)
         note = (f" ({parent}'s)" if parent else
                 " (grid edge)" if lrs and lr in (min(lrs), max(lrs)) else "")
         note += " (grid extended)" if tuning.get("extended") else ""
