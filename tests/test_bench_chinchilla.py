@@ -142,6 +142,21 @@ def test_low_bit_members_join_the_family_with_their_float_parent(monkeypatch):
         ch.storage_bits("packed")
 
 
+@pytest.mark.parametrize("task", ch.FULL_TASKS)
+def test_every_low_bit_member_stores_the_regimes_models_in_low_bits(task):
+    # A member whose leaves all fall below its size threshold would store float
+    # state, and its parity comparison would pit an optimizer against itself.
+    from stam_optimizer.benchmarks.measure import memory
+    s = ch.REGIME["full"][task]
+    init, _ = ch.gpt(len(source_corpus.source_vocabulary()), s.d, s.layers, s.heads, s.seq)
+    params = jax.eval_shape(init, jax.random.key(0))
+    for member, parent in ch.low_bit_pairs():
+        bits = ch.storage_bits(registry.ENTRIES[member].storage)
+        mine = memory.state_bytes(registry.get(member), params)
+        theirs = memory.state_bytes(registry.get(parent), params)
+        assert mine <= (bits / 32 + 0.1) * theirs, (member, mine, theirs)
+
+
 def test_adamw_beta1_entries_keep_their_beta1_under_the_llm_recipe():
     params = {"w": jnp.ones(3)}
     g = {"w": jnp.asarray([1.0, -2.0, 0.5])}
