@@ -24,6 +24,15 @@ Both optimizers take `signal=`:
   mid-training (≈ 0.2, `stam-bench snr`) more noise cannot lower β₁, and less
   noise raises it only after hundreds of steps (docs/signal.md, "At the SNR of
   GPT gradients"). Neither signal follows the noise level there.
+* `"relative"` (STAM only, opt-in): the residual energy against its own slow
+  average, `z = P̂/P̂ₛ` with fast decay `tau_decay` and slow decay
+  `1 − (1 − tau_decay)/10`, `s = z/(1 + z)`. z is 1 while the residual's size
+  is steady (β₁ = `b1_base·(1 − α/2)`, 0.81 at the defaults), above 1 after it
+  grows and below after it shrinks, whatever the signal-to-noise ratio: the one
+  signal here that follows the noise level at GPT SNR, for about the slow
+  average's time constant (1000 steps at the defaults) before β₁ settles back.
+  It also reads a trend in the gradient's size (warmup, decay) and bursts of
+  heavy-tailed noise as changes of the noise level.
 
 The energy rules, per tensor, in docs/math.md's notation (`d` is STAM's
 `tau_decay`, or STAMLite's `moment_decay` ρ, whose `b` is Q)::
@@ -51,7 +60,7 @@ Example:
 
 Each rule is written once here, as a function from the step's per-tensor
 sums and the running statistics to the new statistics and β₁ (`stam_spec`,
-`stam_energy`, `lite_spec`, `lite_energy`); `stam_rule` and `lite_rule` pick
+`stam_energy`, `stam_relative`, `lite_spec`, `lite_energy`); `stam_rule` and `lite_rule` pick
 one by name, with the sums it reads (`StamRule.terms`, `LiteRule.terms`), and
 `scale_by_stam` / `scale_by_stam_lite` call it for all tensors at once.
 
@@ -70,21 +79,31 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-SIGNALS = ("spec", "energy")
+from stam_optimizer._common import one_minus_pow
+
+SIGNALS = ("spec", "energy", "relative")
+# Signals STAMLite has (its state holds one running residual energy, not two).
+LITE_SIGNALS = ("spec", "energy")
 
 # Added to τ² in STAM's "spec" ratio (docs/math.md: `τ² + 1e-8`); not a user knob.
 TAU_EPS = 1e-8
 
 
-def check_signal(signal: Any) -> str:
-    """Returns `signal` if it names a β₁ signal; raises TypeError/ValueError otherwise."""
+def check_signal(signal: Any, allowed: tuple[str, ...] = SIGNALS) -> str:
+    """Returns `signal` if it is one of `allowed` (default: every β₁ signal);
+    raises TypeError/ValueError naming the allowed ones otherwise."""
+    names = ", ".join(map(repr, allowed))
     if not isinstance(signal, str):
-        raise TypeError(f"signal must be a string, one of {', '.join(map(repr, SIGNALS))}; "
-                        f"got {type(signal).__name__}")
-    if signal not in SIGNALS:
-        raise ValueError(f"signal must be one of {', '.join(map(repr, SIGNALS))}, "
-                         f"got {signal!r}")
+        raise TypeError(f"signal must be a string, one of {names}; got {type(signal).__name__}")
+    if signal not in allowed:
+        raise ValueError(f"signal must be one of {names}, got {signal!r}")
     return signal
+
+
+def slow_decay(tau_decay: Any) -> Any:
+    """The decay of the "relative" signal's slow average: `1 − (1 − tau_decay)/10`
+    (0.999 for the default 0.99): ten times the fast average's time constant."""
+    return 1 - (1 - tau_decay) / 10
 
 
 def default_b1_min(b1_base: Any, adapt_strength: Any) -> Any:
@@ -123,6 +142,18 @@ def energy_ratio(res_energy: jax.Array, grad_energy: jax.Array) -> jax.Array:
 def energy_score(z: jax.Array) -> jax.Array:
     """The "energy" score `s = min(z, 1)`."""
     return jnp.minimum(z, 1.0)
+
+
+def relative_ratio(fast: jax.Array, slow: jax.Array, t: jax.Array, fast_decay: Any,
+                   slow_decay: Any) -> jax.Array:
+    """The "relative" `z = P̂ / max(P̂ₛ, tiny)`: the fast and slow averages of
+    mean(r²), each divided by its bias correction `1 − decay^(t+1)` (`t` the step
+    count before this update), by `one_minus_pow` (exact for a Python-float decay)."""
+    dtype = fast.dtype
+    step = t.astype(dtype) + 1
+    fast_hat = fast / one_minus_pow(fast_decay, step, dtype)
+    slow_hat = slow / one_minus_pow(slow_decay, step, dtype)
+    return fast_hat / jnp.maximum(slow_hat, jnp.finfo(dtype).tiny)
 
 
 # --- the per-entry terms whose per-tensor sums the rules read ----------------------
@@ -196,23 +227,58 @@ def stam_energy(stats: StamStats, sums: tuple[jax.Array, jax.Array], size: jax.A
     return stats._replace(res_energy=res_energy, grad_energy=grad_energy), beta1
 
 
+def stam_relative(stats: StamStats, sums: tuple[jax.Array], size: jax.Array, t: jax.Array, *,
+                  b1_base: Any, alpha: Any, tau_decay: Any,
+                  b1_min: Any) -> tuple[StamStats, jax.Array]:
+    """STAM's "relative" rule; `sums` is the per-tensor `(Σr²,)`, `t` the step count
+    before this update, `d = tau_decay`, `dₛ = slow_decay(d)`::
+
+      P  = d·P  + (1−d)·mean(r²)                 # fast average (field res_energy)
+      Pₛ = dₛ·Pₛ + (1−dₛ)·mean(r²)               # slow average (field grad_energy)
+      z  = (P/(1−d^(t+1))) / max(Pₛ/(1−dₛ^(t+1)), tiny);   s = z / (1 + z)
+      β₁ = clip(b1_base·(1 − α·s), b1_min, b1_base)   (b1_base if z is not finite)
+
+    Returns the new statistics (σ² and τ unchanged) and β₁.
+    """
+    (sum_r2,) = sums
+    mean_r2 = sum_r2 / size
+    d_slow = slow_decay(tau_decay)
+    fast = tau_decay * stats.res_energy + (1 - tau_decay) * mean_r2
+    slow = d_slow * stats.grad_energy + (1 - d_slow) * mean_r2
+    z = relative_ratio(fast, slow, t, tau_decay, d_slow)
+    beta1 = beta1_of_score(spec_score(z), b1_base, alpha, b1_min)
+    beta1 = jnp.where(jnp.isfinite(z), beta1, b1_base)
+    return stats._replace(res_energy=fast, grad_energy=slow), beta1
+
+
 class StamRule(NamedTuple):
     """A β₁ rule of STAM: `terms(g, μ)`, the per-entry terms whose per-tensor sums
-    it reads, and `step(stats, sums, size) -> (stats, β₁)`."""
+    it reads, and `step(stats, sums, size, t) -> (stats, β₁)` (`t` the step count
+    before this update)."""
 
     terms: tuple[Callable[[jax.Array, jax.Array], jax.Array], ...]
-    step: Callable[[StamStats, tuple[jax.Array, ...], jax.Array], tuple[StamStats, jax.Array]]
+    step: Callable[[StamStats, tuple[jax.Array, ...], jax.Array, jax.Array],
+                   tuple[StamStats, jax.Array]]
+
+
+def _without_count(rule: Callable) -> Callable:
+    return lambda stats, sums, size, t: rule(stats, sums, size)
 
 
 def stam_rule(signal: str, *, b1_base: Any, b2: Any, alpha: Any, tau_decay: Any, b1_min: Any,
               fallback_threshold: Any) -> StamRule:
     """STAM's rule for `signal`, with its hyperparameters bound."""
-    if check_signal(signal) == "energy":
-        return StamRule((residual_square, gradient_square), functools.partial(
-                stam_energy, b1_base=b1_base, alpha=alpha, tau_decay=tau_decay, b1_min=b1_min))
-    return StamRule((residual_square, residual_abs), functools.partial(
+    signal = check_signal(signal)
+    if signal == "relative":
+        return StamRule((residual_square,), functools.partial(
+                stam_relative, b1_base=b1_base, alpha=alpha, tau_decay=tau_decay,
+                b1_min=b1_min))
+    if signal == "energy":
+        return StamRule((residual_square, gradient_square), _without_count(functools.partial(
+                stam_energy, b1_base=b1_base, alpha=alpha, tau_decay=tau_decay, b1_min=b1_min)))
+    return StamRule((residual_square, residual_abs), _without_count(functools.partial(
             stam_spec, b1_base=b1_base, b2=b2, alpha=alpha, tau_decay=tau_decay,
-            b1_min=b1_min, fallback_threshold=fallback_threshold))
+            b1_min=b1_min, fallback_threshold=fallback_threshold)))
 
 
 # --- STAMLite ---------------------------------------------------------------------
@@ -263,8 +329,8 @@ class LiteRule(NamedTuple):
 
 def lite_rule(signal: str, *, eps: Any, rho: Any, b1_base: Any, alpha: Any,
               b1_min: Any) -> LiteRule:
-    """STAMLite's rule for `signal`, with its hyperparameters bound."""
-    if check_signal(signal) == "energy":
+    """STAMLite's rule for `signal` ("spec" or "energy"), with its hyperparameters bound."""
+    if check_signal(signal, LITE_SIGNALS) == "energy":
         return LiteRule((residual_square,), functools.partial(
                 lite_energy, rho=rho, b1_base=b1_base, alpha=alpha, b1_min=b1_min))
     return LiteRule((), functools.partial(
@@ -274,14 +340,19 @@ def lite_rule(signal: str, *, eps: Any, rho: Any, b1_base: Any, alpha: Any,
 # --- logging ----------------------------------------------------------------------
 
 def state_terms(state: Any, signal: str = "spec", moment_decay: float = 0.99,
-                eps: float = 1e-8) -> tuple[jax.Array, jax.Array]:
+                eps: float = 1e-8, tau_decay: float = 0.99) -> tuple[jax.Array, jax.Array]:
     """The signal's z and s per tensor, recomputed from a state after an update.
 
     For logging and the signal benchmark. `state` is a `ScaleByStamState` or
     `ScaleByStamLiteState`; STAMLite's "spec" z needs its `moment_decay` and
-    `eps` (defaults as the optimizer's).
+    `eps`, STAM's "relative" z its `tau_decay` (defaults as the optimizers').
     """
     check_signal(signal)
+    if signal == "relative":
+        t = state.count.astype(state.res_energy.dtype) - 1  # the update's own step count
+        z = relative_ratio(state.res_energy, state.grad_energy, t, tau_decay,
+                           slow_decay(tau_decay))
+        return z, spec_score(z)
     if signal == "energy":
         q = state.grad_energy if hasattr(state, "grad_energy") else state.b
         z = energy_ratio(state.res_energy, q)

@@ -7,7 +7,9 @@ that lowers β₁. The ratio measures the *shape* of the residual's distribution
 (≈ π/2 for Gaussian residuals, more for heavy tails), not its size: with the
 default ("spec") signal more noise first raises β₁ and less noise lowers it (measured in
 docs/signal.md). `signal="energy"` selects a signal that lowers β₁ when the
-residual carries more of the gradient's energy (see `beta1_signal`).
+residual carries more of the gradient's energy, `signal="relative"` one that
+lowers it when the residual's energy rises above its own slow average (see
+`beta1_signal`).
 """
 
 from __future__ import annotations
@@ -68,9 +70,11 @@ class ScaleByStamState(NamedTuple):
         about 1.8e19, whose square is inf, or sums beyond about 3.4e38).
         Saturates at 2³¹−1. Read it with `tree_nonfinite`.
       res_energy: P, EMA of mean(r²), one per tensor, updated under
-        `signal="energy"` and left at 0 under "spec" (the state has the same
-        structure and shapes under either signal, so checkpoints move between them).
-      grad_energy: Q, EMA of mean(g²); like `res_energy`.
+        `signal="energy"` and "relative" and left at 0 under "spec" (the state
+        has the same structure and shapes under every signal, so checkpoints
+        move between them).
+      grad_energy: Q, EMA of mean(g²), under "energy"; under "relative" Pₛ,
+        the slow EMA of mean(r²); 0 under "spec".
     """
 
     count: jax.Array
@@ -137,6 +141,19 @@ def scale_by_stam(
     at GPT gradients' per-entry signal-to-noise ratio (≈ 0.2) β₁ sits at
     `b1_min` (see `beta1_signal` and docs/signal.md).
 
+    With `signal="relative"` (opt-in; σ², τ and `fallback_threshold` unused) the
+    residual energy is compared with its own slow average, `dₛ = 1 − (1 −
+    tau_decay)/10`::
+
+      P  = tau_decay·P + (1−tau_decay)·mean(r²);   Pₛ = dₛ·Pₛ + (1−dₛ)·mean(r²)
+      z  = (P/(1−tau_decay^(t+1))) / max(Pₛ/(1−dₛ^(t+1)), tiny);   s = z / (1 + z)
+      β₁ = clip(b1_base·(1 − α·s), b1_min, b1_base)   (b1_base if z is not finite)
+
+    β₁ sits at `b1_base·(1 − α/2)` while the residual's size is steady, falls
+    when it grows and rises when it shrinks, at any signal-to-noise ratio, for
+    about the slow average's time constant; it also moves with a trend in the
+    gradient's size (warmup, decay) and with bursts of heavy-tailed noise.
+
     Args:
       b1_base: base (and largest) β₁, in (0, 1). Default 0.9.
       b2: decay of ν and σ², in (0, 1). Default 0.999.
@@ -149,7 +166,8 @@ def scale_by_stam(
         `min(b1_base, max(0.5, b1_base·(1−α)))`.
       mu_dtype: storage dtype of μ and ν ("float32", "bfloat16", "float16" or a
         dtype); default: each param's own dtype, as `optax.adamw`.
-      signal: the β₁ signal, "spec" (default, docs/math.md and 0.1.0) or "energy".
+      signal: the β₁ signal, "spec" (default, docs/math.md and 0.1.0), "energy"
+        or "relative".
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose updates are in the gradients' dtype.
@@ -203,7 +221,7 @@ def scale_by_stam(
         # The scalar rules of docs/math.md, for all tensors at once (leaf order).
         old = beta1_signal.StamStats(state.sigma2, state.tau, state.res_energy,
                                      state.grad_energy)
-        stats, beta1 = rule.step(old, summed.sums, size)
+        stats, beta1 = rule.step(old, summed.sums, size, t)
         beta1 = beta1.astype(dt)
         prod = state.beta1_prod * beta1
         stats = beta1_signal.StamStats(*(keep_where_empty(nonempty, new, before)
@@ -260,8 +278,8 @@ def stam(
 
     Updates are added to params (optax convention): `θ ← θ − lr·(u + λ·θ)`.
     `b1_base`, `b2`, `eps`, `adapt_strength`, `tau_decay`, `fallback_threshold`,
-    `b1_min`, `mu_dtype` and `signal` ("spec" by default, or "energy") are those
-    of `scale_by_stam`.
+    `b1_min`, `mu_dtype` and `signal` ("spec" by default, "energy" or
+    "relative") are those of `scale_by_stam`.
 
     Args:
       learning_rate: a float ≥ 0 or an optax schedule `count -> lr`. Default 1e-3.

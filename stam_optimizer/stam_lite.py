@@ -287,7 +287,8 @@ def scale_by_stam_lite(
     _validate(b1_base, eps, adapt_strength, moment_decay, beta1_update_interval, b1_min)
     dtype = resolve_dtype("state_dtype", state_dtype, (*FLOAT_STATE_DTYPES, *MOMENTUM_CODECS))
     codec = MOMENTUM_CODECS.get(dtype.name)
-    if beta1_signal.check_signal(signal) == "energy" and codec is not None:
+    if beta1_signal.check_signal(signal, beta1_signal.LITE_SIGNALS) == "energy" \
+            and codec is not None:
         raise ValueError("signal='energy' needs a float state_dtype (float32, bfloat16 or "
                          f"float16), got state_dtype={dtype.name!r}")
     check_interval_int("block_size", block_size)

@@ -46,6 +46,7 @@ SPECS: dict[str, tuple[Callable[..., optax.GradientTransformationExtraArgs], dic
     "stam_lite_int4": (so.stam_lite, INT4),
     "stam_energy": (so.stam, {"signal": "energy"}),
     "stam_lite_energy": (so.stam_lite, {"signal": "energy"}),
+    "stam_relative": (so.stam, {"signal": "relative"}),
     "adams": (so.adams, {}),
     "factored_adamw_small": (so.factored_adamw, SMALL_FACTOR),
     "adamw_q8": (adamw_quantized, {"bits": 8}),
@@ -86,19 +87,19 @@ FLOAT32_STATE = ("stam", "stam_lite", "stam_lite_int8", "adams",
                  "factored_adamw_small")  # no low-precision buffer
 BASE = ("stam", "stam_lite", "adams", "factored_adamw_small")  # one per algorithm, default dtypes
 ADAPTIVE = ("stam", "stam_lite", "stam_lite_bf16", "stam_lite_f16", "stam_lite_int8",
-            "stam_lite_int4", "stam_energy", "stam_lite_energy")  # β₁
+            "stam_lite_int4", "stam_energy", "stam_lite_energy", "stam_relative")  # β₁
 QUANTIZED_STATE = ("adamw_q8", "adamw_q4")  # so.quantized_state(...)
 # Every entry whose state holds blockwise codes (`QuantizedArray` leaves).
 QUANTIZED = ("stam_lite_int8", "stam_lite_int4", *QUANTIZED_STATE)
 
 
 # The entries the flax, sharding and integration harnesses run: all but the energy
-# signal and float16 variants, which differ from a neighbour here only in the β₁ rule
+# and relative signal and float16 variants, which differ from a neighbour here only in the β₁ rule
 # (same state structure and shapes) or the state's half-precision dtype (as bfloat16),
 # and which the contract harness, the mesh-invariance test and their own tests run
 # (CI time: about a minute of the suite).
 HARNESS = tuple(n for n in ALIASES if n not in ("stam_energy", "stam_lite_energy",
-                                                 "stam_lite_f16"))
+                                                 "stam_relative", "stam_lite_f16"))
 
 
 def alias(name: str, learning_rate: float = 1e-2, **kw) -> optax.GradientTransformationExtraArgs:

@@ -9,6 +9,8 @@ terms, `lr·(max|u| + λ·max|θ|)`, against which float rounding is measured.
 `signal="energy"` (STAM and STAMLite) replaces the β₁ rule by the energy signal
 of docs/signal.md: z = EMA(mean r²) / EMA(mean g²) with matched decays, written
 here with both bias corrections spelled out (they cancel in exact arithmetic).
+`signal="relative"` (STAM) compares a fast EMA of mean(r²) (decay tau_decay) with a
+slow one (decay 1 − (1 − tau_decay)/10), each bias-corrected, s = z/(1+z).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class StamRef:
                  tau_decay=0.99, threshold=100.0, b1_min=None, signal="spec"):
         self.signal = signal
         self.p_sum = 0.0  # EMA of mean(r²), energy signal
-        self.q_sum = 0.0  # EMA of mean(g²), energy signal
+        self.q_sum = 0.0  # EMA of mean(g²), energy signal; slow EMA of mean(r²), relative
         self.mu = np.zeros(shape)
         self.nu = np.zeros(shape)
         self.sigma2 = 0.0
@@ -51,7 +53,23 @@ class StamRef:
     def step(self, g, theta):
         g = _clean(g)
         b1_base, b2 = self.b1_base, self.b2
-        if g.size and self.signal == "energy":
+        if g.size and self.signal == "relative":
+            r = g - self.mu
+            d, ds = self.tau_decay, 1 - (1 - self.tau_decay) / 10
+            self.p_sum = d * self.p_sum + (1 - d) * np.mean(r * r)
+            self.q_sum = ds * self.q_sum + (1 - ds) * np.mean(r * r)  # slow average
+            fast = self.p_sum / (1 - d ** (self.t + 1))
+            slow = self.q_sum / (1 - ds ** (self.t + 1))
+            z = _energy_z(fast, slow)
+            if np.isfinite(z):
+                s = z / (1 + z)
+                self.beta1 = min(max(b1_base * (1 - self.alpha * s), self.b1_min), b1_base)
+            else:
+                self.beta1 = b1_base
+            self.mu = self.beta1 * self.mu + (1 - self.beta1) * g
+            self.nu = b2 * self.nu + (1 - b2) * g * g
+            self.prod *= self.beta1
+        elif g.size and self.signal == "energy":
             r = g - self.mu
             d = self.tau_decay
             self.p_sum = d * self.p_sum + (1 - d) * np.mean(r * r)

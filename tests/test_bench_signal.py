@@ -40,7 +40,8 @@ def test_signal_suite_is_in_quick_and_full():
                                                    "stam_lite_energy", "stam_lite_int8"}
     assert not set(ss.adaptive_optimizers("full")) & {"stam_fixed", "stam_const_beta"}
     assert set(ss.adaptive_optimizers("quick")) == {"stam_full", "stam_full_energy",
-                                                    "stam_lite", "stam_lite_energy"}
+                                                    "stam_full_relative", "stam_lite",
+                                                    "stam_lite_energy"}
 
 
 def test_signal_suite_writes_data_and_the_report_derives_its_section(tmp_path, monkeypatch):

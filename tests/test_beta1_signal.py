@@ -30,7 +30,7 @@ def test_stam_spec_rule_against_float64():
     rule = beta1_signal.stam_rule("spec", b1_base=B1, b2=0.999, alpha=ALPHA, tau_decay=0.99,
                                   b1_min=B1_MIN, fallback_threshold=100.0)
     assert rule.terms == (beta1_signal.residual_square, beta1_signal.residual_abs)
-    new, beta1 = rule.step(stats, (sum_r2, sum_abs), size)
+    new, beta1 = rule.step(stats, (sum_r2, sum_abs), size, jnp.int32(7))
     f = {k: np.asarray(v, np.float64) for k, v in stats._asdict().items()}
     sigma2 = 0.999 * f["sigma2"] + 0.001 * np.asarray(sum_r2, np.float64) / size
     tau = 0.99 * f["tau"] + 0.01 * np.asarray(sum_abs, np.float64) / size
@@ -55,7 +55,7 @@ def test_stam_energy_rule_against_float64():
     rule = beta1_signal.stam_rule("energy", b1_base=B1, b2=0.999, alpha=ALPHA, tau_decay=0.95,
                                   b1_min=B1_MIN, fallback_threshold=100.0)
     assert rule.terms == (beta1_signal.residual_square, beta1_signal.gradient_square)
-    new, beta1 = rule.step(stats, (sum_r2, sum_g2), size)
+    new, beta1 = rule.step(stats, (sum_r2, sum_g2), size, jnp.int32(7))
     p = 0.95 * np.asarray(stats.res_energy, np.float64) + 0.05 * np.asarray(sum_r2) / size
     q = 0.05 * np.asarray(sum_g2, np.float64) / size
     with np.errstate(invalid="ignore"):
@@ -68,7 +68,36 @@ def test_stam_energy_rule_against_float64():
     assert new.sigma2 is stats.sigma2 and new.tau is stats.tau
 
 
-@pytest.mark.parametrize("signal", beta1_signal.SIGNALS)
+@pytest.mark.parametrize("t", [0, 1, 40])
+def test_stam_relative_rule_against_float64(t):
+    rng = np.random.default_rng(3)
+    n = 5
+    stats = _stats(rng, n)
+    if t == 0:  # the averages start at 0
+        stats = stats._replace(res_energy=jnp.zeros(n, jnp.float32),
+                               grad_energy=jnp.zeros(n, jnp.float32))
+    sum_r2 = jnp.asarray(np.r_[rng.uniform(0, 50, n - 1), np.inf], jnp.float32)
+    size = jnp.asarray([4, 8, 16, 32, 64], jnp.float32)
+    rule = beta1_signal.stam_rule("relative", b1_base=B1, b2=0.999, alpha=ALPHA,
+                                  tau_decay=0.95, b1_min=B1_MIN, fallback_threshold=100.0)
+    assert rule.terms == (beta1_signal.residual_square,)
+    new, beta1 = rule.step(stats, (sum_r2,), size, jnp.int32(t))
+    mean_r2 = np.asarray(sum_r2, np.float64) / np.asarray(size)
+    fast = 0.95 * np.asarray(stats.res_energy, np.float64) + 0.05 * mean_r2
+    slow = 0.995 * np.asarray(stats.grad_energy, np.float64) + 0.005 * mean_r2
+    with np.errstate(invalid="ignore"):
+        z = (fast / (1 - 0.95 ** (t + 1))) / (slow / (1 - 0.995 ** (t + 1)))
+        want = np.where(np.isfinite(z), _clip_beta1(z / (1 + z)), B1)
+    np.testing.assert_allclose(new.res_energy[:-1], fast[:-1], rtol=1e-6)
+    np.testing.assert_allclose(new.grad_energy[:-1], slow[:-1], rtol=1e-6)
+    np.testing.assert_allclose(beta1, want, rtol=1e-5)
+    assert float(beta1[-1]) == pytest.approx(B1)  # z is not finite: b1_base
+    if t == 0:  # both averages hold the same mean(r²): z = 1, s = 1/2
+        np.testing.assert_allclose(beta1[:-1], B1 * (1 - ALPHA / 2), rtol=1e-6)
+    assert new.sigma2 is stats.sigma2 and new.tau is stats.tau
+
+
+@pytest.mark.parametrize("signal", beta1_signal.LITE_SIGNALS)
 def test_stam_lite_rules_against_float64(signal):
     rng = np.random.default_rng(2)
     n = 4
@@ -98,6 +127,9 @@ def test_stam_lite_rules_against_float64(signal):
 def test_rules_are_picked_by_name_and_checked():
     with pytest.raises(ValueError, match="signal must be one of"):
         beta1_signal.lite_rule("noise", eps=1e-8, rho=0.99, b1_base=B1, alpha=ALPHA,
+                               b1_min=B1_MIN)
+    with pytest.raises(ValueError, match="signal must be one of 'spec', 'energy', got 'relative'"):
+        beta1_signal.lite_rule("relative", eps=1e-8, rho=0.99, b1_base=B1, alpha=ALPHA,
                                b1_min=B1_MIN)
     with pytest.raises(TypeError, match="signal must be a string"):
         beta1_signal.stam_rule(None, b1_base=B1, b2=0.999, alpha=ALPHA, tau_decay=0.99,

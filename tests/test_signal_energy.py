@@ -33,6 +33,13 @@ def test_stam_energy_matches_float64_reference():
     _check(pairs, betas, {"half": BF16_RTOL})
 
 
+def test_stam_relative_matches_float64_reference():
+    tx = so.stam(LR, weight_decay=WD, mu_dtype="float32", signal="relative")
+    pairs, betas = run_against_reference(
+        tx, lambda shape: StamRef(shape, LR, WD, signal="relative"), steps=120, lr=LR)
+    _check(pairs, betas, {"half": BF16_RTOL})
+
+
 def test_stam_lite_energy_matches_float64_reference():
     tx = so.stam_lite(LR, weight_decay=WD, adapt_strength=0.5, beta1_update_interval=3,
                       signal="energy")
@@ -51,6 +58,12 @@ def test_signal_is_validated(factory):
         factory(signal="bogus")
     with pytest.raises(TypeError, match="signal must be a string"):
         factory(signal=1)
+
+
+@pytest.mark.parametrize("factory", [so.stam_lite, so.scale_by_stam_lite])
+def test_stam_lite_refuses_the_relative_signal(factory):
+    with pytest.raises(ValueError, match="signal must be one of 'spec', 'energy', got 'relative'"):
+        factory(signal="relative")
 
 
 def test_energy_needs_a_float_state_dtype():

@@ -1,6 +1,7 @@
 """β₁ responds to the gradient streams as docs/signal.md says, per signal.
 
-Each case: a signal (SPEC STAM, SPEC STAMLite, the energy variant of each), a
+Each case: a signal (SPEC STAM, SPEC STAMLite, the energy variant of each, STAM's
+relative variant), a
 stream of `signal_streams` (one tensor of N entries, T steps, the change at
 T/2) and the documented response: β₁ falls (or rises) by at least `size`
 within `steps` steps of the change, or stays within ±`size` of its value
@@ -26,6 +27,7 @@ SIGNALS = {
     "stam_energy": lambda: (so.scale_by_stam(signal="energy"), "energy"),
     "lite_spec": lambda: (so.scale_by_stam_lite(), "spec"),
     "lite_energy": lambda: (so.scale_by_stam_lite(signal="energy"), "energy"),
+    "stam_relative": lambda: (so.scale_by_stam(signal="relative"), "relative"),
 }
 
 # (signal, stream, expected, size, steps)
@@ -62,6 +64,19 @@ CASES = [
           ("noise_up_low_snr", "flat", 1e-6, 200),
           ("noise_down_low_snr", "flat", 0.02, 200),
           ("noise_down_low_snr", "rises", 0.06, 600))),
+    # the relative signal (residual energy against its slow average): the same
+    # at SNR 1 and 0.2, and it reads trends of the gradient's size as noise
+    *(("stam_relative", stream, expected, size, steps) for stream, expected, size, steps in (
+        ("noise_up", "falls", 0.04, 20),
+        ("noise_down", "rises", 0.03, 100),
+        ("noise_up_low_snr", "falls", 0.04, 20),
+        ("noise_down_low_snr", "rises", 0.03, 100),
+        ("sign_flip", "falls", 0.04, 20),
+        ("heavy_tails", "flat", 0.005, 200),
+        ("one_sign", "flat", 0.005, 200),
+        ("rotation", "flat", 0.005, HALF),
+        ("warmup", "falls", 0.03, HALF),
+        ("decay", "rises", 0.06, HALF))),
     # the SPEC signals move the same at SNR 0.2 as at SNR 1
     ("stam_spec", "noise_up_low_snr", "rises", 0.03, 100),
     ("stam_spec", "noise_down_low_snr", "falls", 0.03, 100),
@@ -109,7 +124,7 @@ def test_stam_spec_start_up_hump():
     assert b[99] - b[9] >= 0.04 and b[99] - b[999] >= 0.025, (b[9], b[99], b[999])
 
 
-@pytest.mark.parametrize("signal", ["lite_spec", "stam_energy", "lite_energy"])
+@pytest.mark.parametrize("signal", ["lite_spec", "stam_energy", "lite_energy", "stam_relative"])
 def test_stationary_stream_is_steady_after_start_up(signal):
     b = _beta1(signal, "stationary")
     assert np.ptp(b[ss.START:]) < 0.01
@@ -130,3 +145,12 @@ def test_energy_sits_at_b1_min_at_gpt_snr():
     for signal in ("stam_energy", "lite_energy"):
         b = _beta1(signal, "noise_up_low_snr")
         np.testing.assert_allclose(b[100:], 0.72, atol=1e-6)
+
+
+def test_relative_settles_back_after_a_change_of_the_noise_level():
+    # z = fast/slow average of the residual energy returns to 1 once the slow
+    # average has caught up: β₁ back within 0.01 of b1_base·(1 − α/2) = 0.81
+    for stream in ("noise_up", "noise_up_low_snr"):
+        b = _beta1("stam_relative", stream)
+        assert abs(b[C - 1] - 0.81) < 0.002 and b[C + 100] < 0.77, (b[C - 1], b[C + 100])
+        assert abs(b[-1] - 0.81) < 0.01, b[-1]

@@ -93,6 +93,22 @@ def change(c, m, t):
     return c | {"pf": pf, "ps": ps}, _beta(jnp.clip(z - 1, 0, 1)), z
 
 
+def _change(c, m, t, fast, slow):
+    pf = fast * c["pf"] + (1 - fast) * m["r2"]
+    ps = slow * c["ps"] + (1 - slow) * m["r2"]
+    return c | {"pf": pf, "ps": ps}, _bc(pf, fast, t) / (_bc(ps, slow, t) + 1e-30)
+
+
+def change_sym(c, m, t):
+    c, z = _change(c, m, t, 0.9, 0.99)
+    return c, _beta(z / (1 + z)), z
+
+
+def change_sym_slow(c, m, t):
+    c, z = _change(c, m, t, 0.99, 0.999)
+    return c, _beta(z / (1 + z)), z
+
+
 # name -> (rule, β₁ refresh interval k, description)
 CANDIDATES = {
     "spec": (spec, 1, "SPEC STAM: z = σ²/τ², σ² decay 0.999, τ decay 0.99, no bias correction"),
@@ -103,6 +119,9 @@ CANDIDATES = {
     "energy_lin_90": (energy_lin_90, 1, "energy_lin with both decays 0.9"),
     "change": (change, 1, "z = fast/slow EMA(mean r²) (0.9 / 0.99, bias-corrected); "
                           "s = clip(z − 1, 0, 1)"),
+    "change_sym": (change_sym, 1, "same z; s = z/(1+z) (β₁ 0.81 in steady state, up when "
+                                  "the residual energy falls)"),
+    "change_sym_slow": (change_sym_slow, 1, "change_sym with decays 0.99 / 0.999"),
     "spec_lite": (spec_lite, 5, "SPEC STAMLite: z = (b̂ − â²)/b̂, ρ 0.99, k 5"),
     "energy_lite": (energy, 5, "energy with STAMLite's lazy refresh (k 5)"),
     "energy_lin_lite": (energy_lin, 5, "energy_lin with k 5"),

@@ -85,7 +85,8 @@ class Entry:
     notes: how it takes the recipe, in words (the report's hyperparameter list).
     decoupled_wd: its update is `-lr·(direction + weight_decay·params)` (the
       lr x weight-decay sweep varies it inside one compiled program).
-    signal: the β₁ signal it adapts with ("spec", "energy"); None: no adaptive β₁.
+    signal: the β₁ signal it adapts with ("spec", "energy", "relative"); None: no
+      adaptive β₁.
     storage: how its state is stored ("float32", "bfloat16", "int8", ...).
     parent: the optimizer it stores differently (its parity reference).
     update_bytes: bytes moved per parameter by one float32 update, counted from
@@ -261,6 +262,10 @@ for _entry in (
     Entry("stam_full_energy", _stam(signal="energy"), "STAM energy", "variant",
           decoupled_wd=True, signal="energy", update_bytes=36, gpt=True, ablation=True,
           notes="as stam_full, with the energy β₁ signal"),
+    Entry("stam_full_relative", _stam(signal="relative"), "STAM relative", "variant",
+          decoupled_wd=True, signal="relative", update_bytes=36,
+          notes="as stam_full, with the relative β₁ signal (residual energy against its "
+                "slow average)"),
     Entry("stam_lite", _stam_lite(), "STAMLite", "stam", decoupled_wd=True, signal="spec",
           update_bytes=24, quick=True, gpt=True, ablation=True,
           notes="b1_base 0.9, eps 1e-8; it has no b2 (per-tensor moments, decay 0.99 "

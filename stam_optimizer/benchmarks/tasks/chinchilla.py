@@ -112,8 +112,12 @@ TEST_WINDOWS = {"tiny": 8, "full": 512, "gpu": 512}
 # STAM-family optimizer and the strongest peers against AdamW; STAM against AdamW
 # with β₁ fixed at STAM's own mean β₁ on the task (does adapting β₁ matter once
 # runs are long?); STAM against AdamW with its β₁ tuned too (`TUNED_BETA1`); and
-# each low-bit member of the registry against its float parent (`low_bit_pairs`).
+# each low-bit member of the registry against its float parent (`low_bit_pairs`);
+# STAM with the relative β₁ signal against AdamW (added after the first 32 runs:
+# the only signal that follows the noise level at the gradients' SNR).
 PRIMARY_CANDIDATES = ("stam_full", "stam_lite", "adams", "muon")
+# β₁ signals that follow the noise level at GPT gradients' SNR, against AdamW.
+SIGNAL_CANDIDATES = ("stam_full_relative",)
 BASELINE = "adamw"
 TUNED_BETA1 = "adamw_tuned_b1"  # the per-task best of `adamw` and the β₁ grid
 CORE = (BASELINE, *PRIMARY_CANDIDATES)
@@ -157,6 +161,7 @@ def primary_family(entries: dict[str, registry.Entry] | None = None
     pairs.append(("stam_full", "stam_const_mean"))
     pairs += low_bit_pairs(entries)
     pairs.append(("stam_full", TUNED_BETA1))
+    pairs += [(c, BASELINE) for c in SIGNAL_CANDIDATES]
     return tuple(dict.fromkeys(pairs))
 
 
