@@ -182,7 +182,8 @@ def _run(opt, task, final, tuning=((2.0,),), min_effect=0.01):
                        "metric": [list(t) for t in tuning], "seeds": [1000]},
             "final": {"seeds": list(range(len(final))), "metric": list(final)},
             "measured": {"params": 100, "tokens_per_param": 20, "tokens_per_run": 2000,
-                         "steps": 10, "batch": 2, "seq": 100, "d": 4, "layers": 1}}
+                         "steps": 10, "batch": 2, "seq": 100, "d": 4, "layers": 1,
+                         "params_total": 150, "state_bytes": 1200}}
 
 
 def _hand_made():
@@ -287,6 +288,65 @@ def test_a_custom_family_and_an_empty_one():
     none = cr.summary({})
     assert none["primary"] == [] and none["decisive"]["fraction"] is None
     assert not none["decisive"]["met"] and cr.section({}) == []
+
+
+def test_lr_sensitivity_on_the_tuning_seeds_by_hand():
+    run = {"tuning": {"lrs": [1e-3, 1e-2], "seeds": [1000, 1001],
+                      "metric": [[2.0, 2.2], [1.9, None]]}}  # seed 1001 diverged at 1e-2
+    uniform = math.log(96)  # newline and the 95 printable ASCII characters
+    assert cr.UNIFORM_LOSS == pytest.approx(uniform)
+    # seed 1000: (0.1 + 0)/2; seed 1001: (0 + (ln 96 − 2.2))/2
+    want = (0.05 + (uniform - 2.2) / 2) / 2
+    assert cr.tuning_sensitivity(run, [1e-3, 1e-2]) == pytest.approx(want)
+    assert math.isnan(cr.tuning_sensitivity(run, [1e-3, 3e-2]))  # an lr it was not tuned at
+    untuned = {"tuning": {"lrs": [1e-2], "seeds": [], "metric": [[]]}}  # a storage variant
+    assert math.isnan(cr.tuning_sensitivity(untuned, [1e-2]))
+
+
+def test_sensitivity_rows_put_the_short_horizon_beside_the_regime():
+    tasks = _hand_made()
+    lrs = [1e-3, 1e-2]
+    for runs in tasks.values():
+        for r in runs.values():
+            r["lr_sensitivity"] = {"lrs": r["tuning"]["lrs"],
+                                   "train_loss": [[[3.0, 2.5, 2.9, 2.0]] + [[None] * 4] * 7]
+                                   + [[[None] * 4] * 8] * (len(r["tuning"]["lrs"]) - 1)}
+    short = tasks["gpt_d16"]["adamw"]
+    short["tuning"]["lrs"] = [1e-3, 1e-2, 1e-1]
+    short["lr_sensitivity"] = {"lrs": [1e-3, 1e-2, 1e-1],
+                               "final_seed_metric": [[2.0, 2.1], [1.8, 2.5], [9.0, 9.0]],
+                               "start_metric": [3.0, 3.5]}
+    rows = cr.sensitivity_rows(tasks, lrs)
+    assert set(rows) == {"chinchilla_a", "chinchilla_b", "gpt_d16"}
+    # short horizon, per final seed over lrs 1e-3, 1e-2 only: (0.2 + 0)/2 and (0 + 0.4)/2
+    assert rows["gpt_d16"]["adamw"]["lr_sensitivity"] == pytest.approx((0.1 + 0.2) / 2)
+    assert rows["gpt_d16"]["adamw"]["horizon"] == "short"
+    a = rows["chinchilla_a"]["adamw"]  # tuning (2.0, 2.1) at 1e-3, (1.9, 1.95) at 1e-2
+    assert a["lr_sensitivity"] == pytest.approx(((0.1 + 0) / 2 + (0.15 + 0) / 2) / 2)
+    # one final run trained (2.9 > 1.1·2.5: one spike); the 7 runs of missing values never ran
+    assert (a["spikes"], a["spiked_runs"], a["diverged"], a["runs"]) == (1, 1, 0, 1)
+    assert rows["chinchilla_a"]["stam_full"]["lr_sensitivity"] is None  # one tuned lr
+
+
+def test_answers_say_whether_it_is_still_the_beta1_level(tmp_path):
+    tasks = _hand_made()
+    lines = cr.section(tasks, tmp_path)
+    text = "\n".join(lines)
+    # stam_full beats its own constant-mean β₁ by 0.08 on the hand-made records
+    assert "**chinchilla_a** (d 4, 100 parameters, batch 2): STAM vs AdamW: win" in text
+    assert "More than the β₁ level" in text
+    assert (tmp_path / "loss_memory.png").stat().st_size > 0
+    assert "![loss against memory](loss_memory.png)" in text
+    for runs in tasks.values():
+        for control in ("stam_const_mean", "adamw_b1_0.8"):  # the β₁ controls match STAM
+            if control in runs:
+                runs[control] = json.loads(json.dumps(runs["stam_full"])) | {
+                    "optimizer": control, "tuning": runs[control]["tuning"]}
+    assert "Still the β₁ level" in "\n".join(cr.answers(cr.summary(tasks)))
+    for runs in tasks.values():
+        if "stam_full" in runs:
+            runs["stam_full"] = json.loads(json.dumps(runs["adamw"])) | {"optimizer": "stam_full"}
+    assert "STAM does not beat AdamW here" in "\n".join(cr.answers(cr.summary(tasks)))
 
 
 def test_seeds_needed_by_brute_force():

@@ -16,7 +16,7 @@ import pytest
 from stam_optimizer.benchmarks.programme import records, registry, runner, scheduler
 from stam_optimizer.benchmarks.programme.suites import SUITES
 from stam_optimizer.benchmarks.programme.task import Config
-from stam_optimizer.benchmarks.report import gpt_report, report
+from stam_optimizer.benchmarks.report import gpt_report, report, summary
 from stam_optimizer.benchmarks.tasks import gpt as gpt_tasks
 from stam_optimizer.benchmarks.tasks import models
 
@@ -161,6 +161,19 @@ def test_spike_rule_on_hand_worked_curves():
     curve = [4.0, 3.0, float("nan"), 9.0]
     assert gpt_report.count_spikes(curve) == 0 and gpt_report.diverged(curve)
     assert gpt_report.diverged([4.0, None]) and not gpt_report.diverged([4.0, 3.0])
+    # a curve of only missing values never ran (a final seed at an lr not chosen)
+    assert not gpt_report.ran([None, None]) and not gpt_report.diverged([None, None])
+
+
+def test_runs_that_never_happened_are_neither_diverged_nor_spiked():
+    # a final_at_best task: final seeds at the chosen lr (the second) only
+    missing = [None] * 3
+    run = {"lr_sensitivity": {"lrs": [0.01, 0.03],
+                              "train_loss": [[missing, missing],
+                                             [[4.0, 2.4, 2.9, 2.3], [4.0, 3.0, None]]]}}
+    assert gpt_report.spike_counts(run) == (1, 1, 1)
+    spikes, diverged = summary._spikes(run["lr_sensitivity"]["train_loss"])
+    assert spikes == [[0, 0], [1, 0]] and diverged == [[0, 0], [0, 1]]
 
 
 def test_schedule_free_is_evaluated_at_its_averaged_parameters():

@@ -12,6 +12,13 @@ or loss) against `DECISIVE_TARGET`; and, for each comparison that is not, how ma
 seeds it would need (`seeds_needed`). Every other optimizer against AdamW is a
 secondary comparison, Holm-corrected in a family of its own and reported as such.
 
+`section(tasks, out_dir)` writes the report's part: first, per width, the answers
+(does STAM beat AdamW, and is it more than the β₁ level; does each low-bit member
+tie with its float parent; the relative β₁ signal), then the primary and secondary
+tables, learning-rate sensitivity and loss spikes (`sensitivity_rows`, beside the
+short-horizon gpt tasks when the same report holds them) and a figure of final
+loss against optimizer state bytes per parameter, one point per optimizer.
+
 The β₁-tuned AdamW (`chinchilla.TUNED_BETA1`) is, per task, the run among `adamw`
 (β₁ 0.9) and the registry's β₁ grid whose tuning seeds did best (mean over the
 tuning seeds at the learning rate each run chose): the choice never looks at the
@@ -21,11 +28,13 @@ final seeds.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import scipy.stats as sps
 
+from stam_optimizer.benchmarks.report import gpt_report, plots
 from stam_optimizer.benchmarks.report.markdown import table
 from stam_optimizer.benchmarks.report.stats import (
     ALPHA,
@@ -35,14 +44,20 @@ from stam_optimizer.benchmarks.report.stats import (
     Tasks,
     floats,
     judge,
+    mean_ci,
     min_detectable_effect,
     paired_runs,
 )
-from stam_optimizer.benchmarks.tasks import chinchilla
+from stam_optimizer.benchmarks.tasks import chinchilla, source_corpus
 
 DECISIVE = ("win", "tie", "loss")
 DECISIVE_TARGET = 0.8
 MAX_SEEDS = 4096  # beyond this, `seeds_needed` says None
+# The loss of predicting every character of the vocabulary equally: the cap of the
+# LR sensitivity on the tuning seeds, where a diverged run counts as this.
+UNIFORM_LOSS = math.log(len(source_corpus.source_vocabulary()))
+# The learning rates every optimizer's sensitivity is read over: the regime's grid.
+SENSITIVITY_LRS = chinchilla.GRID["full"]
 
 
 def regime_runs(tasks: Tasks) -> Tasks:
@@ -170,7 +185,9 @@ def _task_entry(runs: Mapping[str, dict]) -> dict:
             "steps", "batch", "seq", "d", "layers", "windows_per_run", "train_windows")
     return {k: measured.get(k) for k in keys} | {
         "min_effect": _min_effect(runs), "optimizers": sorted(runs),
-        "adamw_tuned_b1": tuned_beta1(runs)}
+        "adamw_tuned_b1": tuned_beta1(runs),
+        "lr_sensitivity": {o: _num(tuning_sensitivity(r)) for o, r in sorted(runs.items())
+                           if math.isfinite(tuning_sensitivity(r))}}
 
 
 def summary(tasks: Tasks, family: tuple[tuple[str, str], ...] | None = None) -> dict:
@@ -219,13 +236,156 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "—" if x is None else f"{x:.{digits}g}"
 
 
-def section(tasks: Tasks) -> list[str]:
-    """The report's markdown for the regime (empty when it was not run)."""
+# --- learning-rate sensitivity, loss spikes, loss against memory -------------------------
+
+def tuning_sensitivity(run: dict, lrs: Sequence[float] = SENSITIVITY_LRS) -> float:
+    """LR sensitivity (`gpt_report.lr_sensitivity`, Wortsman et al. 2023) of a regime
+    run over `lrs`, from its tuning seeds (its final seeds ran at one learning rate
+    only): per tuning seed the mean over `lrs` of `min(ℓ(η), ℓ₀) − ℓ*`, with ℓ₀ =
+    `UNIFORM_LOSS` (a diverged run counts as that), then the mean over the seeds.
+    nan when the run was not tuned on every one of `lrs` (a storage variant runs at
+    its parent's learning rate only)."""
+    tuning = run.get("tuning") or {}
+    grid = list(tuning.get("lrs") or [])
+    seeds = tuning.get("seeds") or []
+    if not seeds or any(lr not in grid for lr in lrs):
+        return math.nan
+    m = floats(np.ravel(np.asarray(tuning["metric"], dtype=object))).reshape(len(grid), -1)
+    m = m[[grid.index(lr) for lr in lrs]]
+    return float(np.mean([gpt_report.lr_sensitivity(m[:, j], UNIFORM_LOSS)
+                          for j in range(m.shape[1])]))
+
+
+def _short_horizon_sensitivity(run: dict, lrs: Sequence[float]) -> float:
+    """A short-horizon gpt run's LR sensitivity over `lrs`, mean over its final seeds
+    (its sweep ran every final seed at every learning rate)."""
+    if any(lr not in run["lr_sensitivity"].get("lrs", run["tuning"]["lrs"]) for lr in lrs):
+        return math.nan
+    values = gpt_report.seed_sensitivities(run, lrs)
+    return float(np.mean(values)) if values.size else math.nan
+
+
+def sensitivity_rows(tasks: Tasks, lrs: Sequence[float] = SENSITIVITY_LRS) -> dict:
+    """{task: {optimizer: {"lr_sensitivity", "spikes", "spiked_runs", "diverged",
+    "runs", "horizon"}}} for the regime's tasks ("one Chinchilla": sensitivity on the
+    tuning seeds, spikes in the final runs at the chosen lr) and the short-horizon
+    gpt tasks in `tasks` ("short": both over the final seeds' sweep), on the same
+    learning rates `lrs`."""
+    regime = regime_runs(tasks)
+    out: dict[str, dict] = {}
+    for t, runs in sorted(tasks.items()):
+        short = t not in regime and runs and all(r.get("suite") == gpt_report.SUITE
+                                                 for r in runs.values())
+        if t not in regime and not short:
+            continue
+        rows = {}
+        for o, r in sorted(runs.items()):
+            if not r.get("lr_sensitivity"):
+                continue
+            sens = _short_horizon_sensitivity(r, lrs) if short else tuning_sensitivity(r, lrs)
+            spikes, spiked, diverged = gpt_report.spike_counts(r)
+            trained = sum(gpt_report.ran(c) for row in r["lr_sensitivity"].get("train_loss", [])
+                          for c in row) if "train_loss" in r["lr_sensitivity"] else \
+                gpt_report.runs_in_sweep(r) if short else len(r["final"]["metric"])
+            rows[o] = {"lr_sensitivity": _num(sens), "spikes": spikes, "spiked_runs": spiked,
+                       "diverged": diverged, "runs": trained,
+                       "horizon": "short" if short else "one Chinchilla"}
+        out[t] = rows
+    return out
+
+
+def loss_memory_figure(tasks: Tasks, path: str | Path) -> Path | None:
+    """Mean final loss against optimizer state bytes per parameter (all parameters),
+    one point per optimizer, one panel per regime task; None without data."""
+    regime = regime_runs(tasks)
+    panels = []
+    for t, runs in sorted(regime.items()):
+        pts = []
+        for o, r in sorted(runs.items()):
+            m = r.get("measured") or {}
+            total = m.get("params_total") or m.get("params")
+            mean = mean_ci(floats(r["final"]["metric"]))[0]
+            if m.get("state_bytes") is not None and total and math.isfinite(mean):
+                pts.append((o, m["state_bytes"] / total, mean))
+        if pts:
+            panels.append((t, pts))
+    if not panels:
+        return None
+    fig = plots._figure(4.2 * len(panels), 4.2)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (t, pts) in zip(axes, panels, strict=True):
+        for o, x, y in pts:
+            ax.plot(x, y, "o", color="C3" if o == chinchilla.BASELINE else "C0")
+            ax.annotate(o, (x, y), fontsize="xx-small", xytext=(3, 2),
+                        textcoords="offset points")
+        ax.set(title=t, xlabel="optimizer state, bytes per parameter")
+        ax.set_xlim(left=0)
+    axes[0].set_ylabel("final held-out loss, mean of the final seeds (nats/char)")
+    return plots.save(fig, path)
+
+
+# --- the answers, per width --------------------------------------------------------------
+
+def _verdict_text(row: dict | None) -> str:
+    if row is None:
+        return "not run"
+    lo, hi = row["ci"]
+    return f"{row['verdict']} ({_fmt(row['diff'])} [{_fmt(lo)}, {_fmt(hi)}])"
+
+
+def answers(found: dict) -> list[str]:
+    """Per task of `summary(...)`: the regime's questions answered from its primary
+    rows, one paragraph each."""
+    rows = {(r["task"], r["candidate"], r["baseline"]): r for r in found["primary"]}
+    lines = []
+    for t, e in found["tasks"].items():
+        def row(c, b, t=t):
+            return rows.get((t, c, b))
+
+        vs_adamw = row("stam_full", chinchilla.BASELINE)
+        vs_const = row("stam_full", "stam_const_mean")
+        vs_tuned = row("stam_full", chinchilla.TUNED_BETA1)
+        tuned = (e.get("adamw_tuned_b1") or {}).get("beta1")
+        won = vs_adamw is not None and vs_adamw["verdict"] == "win"
+        controls = [r["verdict"] for r in (vs_const, vs_tuned) if r is not None]
+        if not won:
+            level = "STAM does not beat AdamW here."
+        elif "win" in controls:
+            level = "More than the β₁ level: STAM also beats a fixed lower β₁."
+        elif controls:
+            level = ("Still the β₁ level: against a fixed β₁ at its own mean and the "
+                     "β₁-tuned AdamW it does not win.")
+        else:
+            level = "Its β₁ controls have not run."
+        text = (f"**{t}** (d {e['d']}, {e['params']} parameters, batch {e['batch']}): STAM "
+                f"vs AdamW: {_verdict_text(vs_adamw)}; vs AdamW at STAM's own mean β₁: "
+                f"{_verdict_text(vs_const)}; vs the β₁-tuned AdamW (β₁ {_fmt(tuned)}): "
+                f"{_verdict_text(vs_tuned)}. {level}")
+        low_bit = [(c, b) for c, b in chinchilla.low_bit_pairs() if row(c, b) is not None]
+        if low_bit:
+            ties = sum(row(c, b)["verdict"] == "tie" for c, b in low_bit)
+            text += (f" Low-bit state against its float parent ({ties} of {len(low_bit)} "
+                     "tie): " + "; ".join(f"`{c}` {_verdict_text(row(c, b))}"
+                                          for c, b in low_bit) + ".")
+        for c in chinchilla.SIGNAL_CANDIDATES:
+            if row(c, chinchilla.BASELINE) is not None:
+                text += (f" `{c}` vs AdamW: {_verdict_text(row(c, chinchilla.BASELINE))}.")
+        lines += [text, ""]
+    return lines
+
+
+def section(tasks: Tasks, out_dir: str | Path | None = None) -> list[str]:
+    """The report's markdown for the regime (empty when it was not run); with
+    `out_dir`, the loss-against-memory figure is written there."""
     found = summary(tasks)
     if not found["tasks"]:
         return []
     d = found["decisive"]
     lines = ["## One Chinchilla: 20 tokens per parameter", "",
+             "Lower is better; differences are candidate − baseline in nats per character "
+             "with their 95% interval; verdicts against the minimum effect "
+             f"{_fmt(next(iter(found['tasks'].values()))['min_effect'])}, Holm within the "
+             "primary family (below).", "", *answers(found),
              f"Parameters counted: {found['regime']['params_counted']}. Primary family "
              f"(fixed before the run, Holm within it only): "
              + ", ".join(f"{c} vs {b}" for c, b in found["regime"]["primary_family"]) + ".",
@@ -258,4 +418,39 @@ def section(tasks: Tasks) -> list[str]:
     if found["missing"]:
         lines += ["Primary comparisons not run: " + ", ".join(
             f"{r['task']} {r['candidate']} vs {r['baseline']}" for r in found["missing"]), ""]
+    lines += _sensitivity_lines(sensitivity_rows(tasks))
+    if out_dir is not None:
+        path = loss_memory_figure(tasks, Path(out_dir) / "loss_memory.png")
+        if path is not None:
+            lines += ["Final loss against optimizer state (bytes per parameter, all "
+                      "parameters; AdamW in red):", "", f"![loss against memory]({path.name})",
+                      ""]
     return lines
+
+
+def _sensitivity_lines(rows: dict) -> list[str]:
+    if not rows:
+        return []
+    tasks = list(rows)
+    names = sorted({o for r in rows.values() for o in r})
+
+    def cell(t: str, o: str) -> str:
+        r = rows[t].get(o)
+        if r is None:
+            return ""
+        sens = "—" if r["lr_sensitivity"] is None else f"{r['lr_sensitivity']:.3f}"
+        return f"{sens} · {r['spiked_runs']}/{r['runs']}" + (
+            f" ({r['diverged']} diverged)" if r["diverged"] else "")
+
+    lrs = ", ".join(f"{lr:g}" for lr in SENSITIVITY_LRS)
+    return [f"**Learning-rate sensitivity and loss spikes** on the learning rates {lrs}: "
+            "LR sensitivity (Wortsman et al. 2023: mean over the learning rates of the "
+            "final loss above the best one, a diverged run counted as the loss of a "
+            "uniform prediction) · runs with a loss spike / runs (a training-loss mean "
+            "10% above its lowest earlier value). One Chinchilla: sensitivity on the 3 "
+            "tuning seeds, spikes in the final runs at the chosen learning rate; short "
+            "horizon (when this report has the gpt tasks): both over the final seeds' "
+            "sweep. Storage variants ran at one learning rate (—).", "",
+            *table(["optimizer", *(f"{t} ({next(iter(rows[t].values()))['horizon']})"
+                                   if rows[t] else t for t in tasks)],
+                   [[f"`{o}`", *(cell(t, o) for t in tasks)] for o in names]), ""]

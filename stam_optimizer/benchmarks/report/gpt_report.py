@@ -73,9 +73,16 @@ def count_spikes(curve, rise: float = SPIKE_RISE) -> int:
     return int(spikes)
 
 
+def ran(curve) -> bool:
+    """True when a training-loss curve holds a finite value: a run that trained. A
+    curve of only missing values is a run that never happened (a `final_at_best`
+    task runs its final seeds at the chosen learning rate only)."""
+    return bool(np.isfinite(floats(curve)).any())
+
+
 def diverged(curve) -> bool:
-    """True when a training-loss curve holds a non-finite value."""
-    return not np.isfinite(floats(curve)).all()
+    """True when a curve of a run that trained (`ran`) holds a non-finite value."""
+    return ran(curve) and not np.isfinite(floats(curve)).all()
 
 
 def seed_sensitivities(run: dict, lrs=None) -> np.ndarray:
@@ -97,7 +104,7 @@ def spike_counts(run: dict) -> tuple[int, int, int]:
     (`lr_sensitivity.spikes` and `.diverged`, n_lr x n_final_seeds)."""
     sens = run["lr_sensitivity"]
     if "train_loss" in sens:
-        curves = [c for row in sens["train_loss"] for c in row]
+        curves = [c for row in sens["train_loss"] for c in row if ran(c)]
         n = [count_spikes(c) for c in curves]
         return sum(n), sum(k > 0 for k in n), sum(diverged(c) for c in curves)
     n = [int(k) for row in sens.get("spikes", []) for k in row]  # absent: none

@@ -595,7 +595,7 @@ def _chinchilla(ctx: _Context) -> list[str]:
     """The one-Chinchilla regime: its primary family (`chinchilla_report`)."""
     from stam_optimizer.benchmarks.report import chinchilla_report
 
-    return chinchilla_report.section(ctx.tasks)
+    return chinchilla_report.section(ctx.tasks, ctx.out_dir)
 
 
 def build_report(results_dir: str | Path, out_dir: str | Path | None = None,
