@@ -350,6 +350,8 @@ def answers(found: dict) -> list[str]:
         controls = [r["verdict"] for r in (vs_const, vs_tuned) if r is not None]
         if not won:
             level = "STAM does not beat AdamW here."
+        elif "loss" in controls:
+            level = "The β₁ level alone does better: AdamW with a fixed lower β₁ beats STAM."
         elif "win" in controls:
             level = "More than the β₁ level: STAM also beats a fixed lower β₁."
         elif controls:
