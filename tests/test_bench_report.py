@@ -567,7 +567,10 @@ def test_summary_layout_and_what_it_leaves_out(tmp_path):
     text = (tmp_path / summary.FILE).read_text()
     data = json.loads(text)
     assert data["schema"] == summary.SCHEMA and data["kind"] == "summary"
-    assert data["baseline"] == "adamw" and data["precision"] == "float64"  # numpy floats
+    assert data["baseline"] == "adamw"
+    # the fixture's metrics are float64 numbers; its other measurements float32 values
+    assert data["precision"] == {"float32_except": ["final.metric", "sweep.metric",
+                                                    "tuning.metric"]}
     task = data["tasks"]["noisy_shift"]
     assert task["info"]["metric"] == "post_shift_val_loss" and task["curve_start"] == START
     entry = task["optimizers"]["stam_full"]
@@ -602,14 +605,23 @@ def test_float32_measurements_are_written_short_and_read_back_exactly(tmp_path):
     assert '"precision": "float32"' in text and '"metric": [0.1, 2.785117, 1e-07, 3.0, 1.5]' in text
     back = summary.runs_from(summary.load(tmp_path))
     assert next(r for r in back if r["optimizer"] == "adamw")["final"]["metric"] == values + [1.5]
-    # a value that is not a float32 keeps the whole file at full precision
+    # a value that is not a float32 keeps its kind of measurement at full precision,
+    # in every run; the other kinds stay short
     run = json.loads(path.read_text())
     run["final"]["metric"][0] = 0.1
+    run["final"]["extra"] = {"auc": [float(np.float32(2.5)), 0.1]}
     path.write_text(json.dumps(run))
     report.build_report(tmp_path)
+    text = (tmp_path / summary.FILE).read_text()
     data = summary.load(tmp_path)
-    assert data["precision"] == "float64"
-    assert data["tasks"]["noisy_shift"]["optimizers"]["stam_full"]["final"]["metric"][0] == 0.1
+    assert data["precision"] == {"float32_except": ["final.extra.auc", "final.metric"]}
+    stam = data["tasks"]["noisy_shift"]["optimizers"]["stam_full"]
+    assert stam["final"]["metric"][0] == 0.1 and stam["final"]["extra"]["auc"] == [2.5, 0.1]
+    adamw = data["tasks"]["noisy_shift"]["optimizers"]["adamw"]
+    assert adamw["final"]["metric"] == values + [1.5]  # read back exactly, from full text
+    tuned = [[float(np.float32(v)) for v in row] for row in adamw["tuning"]["metric"]]
+    assert adamw["tuning"]["metric"] == tuned and '"metric": [[' in text
+    assert "2.7851169" in text  # final.metric in full; tuning metrics short
 
 
 def test_report_command_accepts_a_folder_with_only_a_summary(tmp_path, fixed_date, capsys):

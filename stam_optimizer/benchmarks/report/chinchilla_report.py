@@ -145,8 +145,9 @@ def _num(x: float) -> float | None:
 
 def _row(task: str, candidate: str, baseline: str, base_run: str | None, j: Judged | None,
          min_effect: float, family: str) -> dict:
+    # the family is the key the row sits under, the minimum effect the task's
     row = {"task": task, "candidate": candidate, "baseline": baseline,
-           "baseline_run": base_run, "family": family, "min_effect": min_effect}
+           "baseline_run": base_run}
     if j is None:
         return row | {"diff": None, "ci": [None, None], "holm_p": None, "p": None, "n": 0,
                       "sd": None, "verdict": "missing", "seeds_needed": None}
@@ -198,7 +199,8 @@ def summary(tasks: Tasks, family: tuple[tuple[str, str], ...] | None = None) -> 
     parameter, how parameters are counted, the family, alpha, power, target),
     "tasks" (per task: params, tokens, shape, the chosen β₁), "primary" and
     "secondary" (one row per comparison: task, candidate, baseline, baseline_run,
-    diff, ci, p, holm_p, verdict, n, sd, min_effect, seeds_needed), "decisive"
+    diff, ci, p, holm_p, verdict, n, sd, seeds_needed; the minimum effect is the
+    task's), "decisive"
     (count, total, fraction, target, met: over the primary comparisons that were
     run) and "missing" (primary comparisons whose runs are absent).
     """

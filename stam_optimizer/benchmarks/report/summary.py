@@ -184,8 +184,13 @@ def build(tasks: dict, sweeps: dict, signal: dict | None, baseline: str,
     if chinchilla_report.regime_runs(tasks):  # derived, never read back
         data["one_chinchilla"] = _clean(chinchilla_report.summary(tasks), DIGITS)
     data = _clean(data)
-    if all(_float32_exact(v) for v in _measured(data)):
+    full = sorted({name for obj, key, name in _measured_parts(data)
+                   if not all(_float32_exact(v) for v in _leaves(obj[key]))})
+    names = {name for _, _, name in _measured_parts(data)}
+    if not full:
         data["precision"] = "float32"
+    elif set(full) != names:
+        data["precision"] = {"float32_except": full}
     return data
 
 
@@ -207,20 +212,35 @@ def _leaves(x: Any):
 
 
 def _measured_parts(data: dict):
-    """(container, key) of every per-seed measurement of a summary."""
+    """(container, key, kind) of every per-seed measurement of a summary; the kind
+    names the measurement ("final.metric", "final.extra.auc_val_loss", "sweep.metric"),
+    the unit at which `precision` is decided."""
     for t in data["tasks"].values():
         for entry in t["optimizers"].values():
             for a, b in _MEASURED:
-                if isinstance(entry.get(a), dict) and b in entry[a]:
-                    yield entry[a], b
+                if not (isinstance(entry.get(a), dict) and b in entry[a]):
+                    continue
+                if isinstance(entry[a][b], dict):  # `extra`: one kind per metric
+                    for k in entry[a][b]:
+                        yield entry[a][b], k, f"{a}.{b}.{k}"
+                else:
+                    yield entry[a], b, f"{a}.{b}"
     for by_opt in (data.get("sweeps") or {}).values():
         for s in by_opt.values():
-            yield s, "metric"
+            yield s, "metric", "sweep.metric"
 
 
-def _measured(data: dict):
-    for obj, key in _measured_parts(data):
-        yield from _leaves(obj[key])
+def _short_parts(data: dict) -> list[tuple[dict, str, str]]:
+    """(container, key, kind) of the measurements a summary holds as float32 text: all of
+    them with precision "float32", all but the listed kinds with
+    {"float32_except": [...]}, none with "float64"."""
+    precision = data.get("precision")
+    if precision == "float32":
+        return list(_measured_parts(data))
+    if isinstance(precision, dict):
+        full = set(precision.get("float32_except", []))
+        return [p for p in _measured_parts(data) if p[2] not in full]
+    return []
 
 
 def _float32_text(x: float) -> str:
@@ -290,11 +310,15 @@ def dumps(data: Any, indent: int = 0, short: frozenset = frozenset()) -> str:
 
 
 def write(path: str | Path, data: dict) -> Path:
-    """Writes a summary atomically; with precision "float32", the per-seed
-    measurements in their shortest float32 text (`load` reads them back exactly)."""
-    short = frozenset(id(obj[key]) for obj, key in _measured_parts(data)) if data.get(
-        "precision") == "float32" else frozenset()
-    return write_atomic(path, (dumps(data, 0, short) + "\n").encode())
+    """Writes a summary atomically; the per-seed measurements of float32 kinds (see
+    `build`'s precision) in their shortest float32 text (`load` reads them back
+    exactly)."""
+    parts = _short_parts(data)
+    short = {id(obj[key]) for obj, key, _ in parts}
+    # an `extra` whose every metric is short is written as one short object
+    short |= {id(obj) for obj, _, kind in parts if kind.startswith("final.extra.")
+              and all(id(v) in short for v in obj.values())}
+    return write_atomic(path, (dumps(data, 0, frozenset(short)) + "\n").encode())
 
 
 def load(results_dir: str | Path) -> dict | None:
@@ -305,9 +329,8 @@ def load(results_dir: str | Path) -> dict | None:
     data = read_record(path)
     if data is None or data.get("kind") != "summary" or not isinstance(data.get("tasks"), dict):
         return None
-    if data.get("precision") == "float32":
-        for obj, key in _measured_parts(data):
-            obj[key] = _as_float32(obj[key])
+    for obj, key, _ in _short_parts(data):
+        obj[key] = _as_float32(obj[key])
     return data
 
 
