@@ -144,7 +144,7 @@ def _num(x: float) -> float | None:
 
 
 def _row(task: str, candidate: str, baseline: str, base_run: str | None, j: Judged | None,
-         min_effect: float, family: str) -> dict:
+         min_effect: float) -> dict:
     # the family is the key the row sits under, the minimum effect the task's
     row = {"task": task, "candidate": candidate, "baseline": baseline,
            "baseline_run": base_run}
@@ -172,8 +172,8 @@ def _judged_rows(tasks: Tasks, pairs: list[tuple[str, str, str]], family: str) -
             tests[(t, cand, base)] = (paired_runs(runs[cand], runs[base_run]),
                                       _min_effect(runs))
     judged = judge(tests, family)
-    return [_row(t, c, b, where[(t, c, b)], judged.get((t, c, b)), _min_effect(tasks[t]),
-                 family) for t, c, b in pairs]
+    return [_row(t, c, b, where[(t, c, b)], judged.get((t, c, b)), _min_effect(tasks[t]))
+            for t, c, b in pairs]
 
 
 def _min_effect(runs: Mapping[str, dict]) -> float:
@@ -187,8 +187,8 @@ def _task_entry(runs: Mapping[str, dict]) -> dict:
     return {k: measured.get(k) for k in keys} | {
         "min_effect": _min_effect(runs), "optimizers": sorted(runs),
         "adamw_tuned_b1": tuned_beta1(runs),
-        "lr_sensitivity": {o: _num(tuning_sensitivity(r)) for o, r in sorted(runs.items())
-                           if math.isfinite(tuning_sensitivity(r))}}
+        "lr_sensitivity": {o: v for o, v in ((o, _num(tuning_sensitivity(r)))
+                                             for o, r in sorted(runs.items())) if v is not None}}
 
 
 def summary(tasks: Tasks, family: tuple[tuple[str, str], ...] | None = None) -> dict:
@@ -286,9 +286,13 @@ def sensitivity_rows(tasks: Tasks, lrs: Sequence[float] = SENSITIVITY_LRS) -> di
                 continue
             sens = _short_horizon_sensitivity(r, lrs) if short else tuning_sensitivity(r, lrs)
             spikes, spiked, diverged = gpt_report.spike_counts(r)
-            trained = sum(gpt_report.ran(c) for row in r["lr_sensitivity"].get("train_loss", [])
-                          for c in row) if "train_loss" in r["lr_sensitivity"] else \
-                gpt_report.runs_in_sweep(r) if short else len(r["final"]["metric"])
+            if "train_loss" in r["lr_sensitivity"]:  # the curves say which runs trained
+                trained = sum(gpt_report.ran(c) for row in r["lr_sensitivity"]["train_loss"]
+                              for c in row)
+            elif short:  # from a summary: the whole sweep ran
+                trained = gpt_report.runs_in_sweep(r)
+            else:  # from a summary: the final seeds at the chosen lr
+                trained = len(r["final"]["metric"])
             rows[o] = {"lr_sensitivity": _num(sens), "spikes": spikes, "spiked_runs": spiked,
                        "diverged": diverged, "runs": trained,
                        "horizon": "short" if short else "one Chinchilla"}

@@ -184,12 +184,12 @@ def build(tasks: dict, sweeps: dict, signal: dict | None, baseline: str,
     if chinchilla_report.regime_runs(tasks):  # derived, never read back
         data["one_chinchilla"] = _clean(chinchilla_report.summary(tasks), DIGITS)
     data = _clean(data)
-    full = sorted({name for obj, key, name in _measured_parts(data)
+    parts = list(_measured_parts(data))
+    full = sorted({name for obj, key, name in parts
                    if not all(_float32_exact(v) for v in _leaves(obj[key]))})
-    names = {name for _, _, name in _measured_parts(data)}
     if not full:
         data["precision"] = "float32"
-    elif set(full) != names:
+    elif set(full) != {name for _, _, name in parts}:
         data["precision"] = {"float32_except": full}
     return data
 
